@@ -1,0 +1,36 @@
+"""Celery configuration, as a function of the launcher's settings.
+
+``build(settings)`` is used by the worker/beat/Flower app (``workers.app``) and by the producer
+that the console and CLI use to enqueue (``launcher.dispatch``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from launcher.settings import Settings
+
+
+def build(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_s},
+        "result_backend_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_s},
+        "result_expires": 24 * 3600,
+        # Retry-safe delivery: a task is acknowledged after it ran; a worker lost mid-task gets it redelivered.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": "launcher",
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_track_started": True,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "enable_utc": True,
+        "timezone": "UTC",
+        "worker_hijack_root_logger": False,
+    }

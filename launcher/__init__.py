@@ -1,0 +1,1 @@
+"""Research notebook launcher: domain package (models, settings, policy, state store, service)."""

@@ -1,0 +1,141 @@
+"""Operator CLI: ``launcher start|stop|status|stop-all|audit|templates``.
+
+Acts with operator (admin) authority. Exit 0 on success; otherwise a one-line reason on stderr and
+the exit code of the error class (see ``launcher.errors``). ``status`` never prints a token;
+``start --json`` adds ``open_url`` (with the token) for the person who launched it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from launcher.dispatch import CeleryDispatcher
+from launcher.errors import LauncherError
+from launcher.models import TERMINAL_STATUSES, Actor, Session, SessionStatus
+from launcher.service import LauncherService
+from launcher.settings import Settings
+from launcher.store import SessionStore
+
+
+def build_service(settings: Settings) -> LauncherService:
+    return LauncherService(settings, SessionStore.from_settings(settings), CeleryDispatcher.from_settings(settings))
+
+
+def _row(s: Session) -> str:
+    last = s.last_activity_at.strftime("%H:%M:%S") if s.last_activity_at else "-"
+    return f"{s.id}  {s.user:<20} {s.template:<16} {s.status.value:<9} {s.host or '-':<10} last={last}"
+
+
+def _print_session(session: Session, as_json: bool, *, with_open_url: bool) -> None:
+    if as_json:
+        data: dict[str, Any] = session.public()
+        if with_open_url:
+            data["open_url"] = session.open_url()
+        print(json.dumps(data, indent=2))
+    else:
+        print(_row(session))
+        if session.error:
+            print(f"  error: {session.error}")
+        if with_open_url and session.open_url():
+            print(f"  open: {session.open_url()}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launcher", description="Research notebook launcher (operator CLI)")
+    sub = p.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("start", help="launch a notebook for a user")
+    start.add_argument("--user", required=True)
+    start.add_argument("--template", required=True)
+    start.add_argument("--wait", action="store_true", help="wait until it is running (or failed)")
+    start.add_argument("--timeout", type=float, default=180.0)
+    start.add_argument("--json", action="store_true")
+    stop = sub.add_parser("stop", help="stop a user's session")
+    stop.add_argument("--user", required=True)
+    stop.add_argument("--wait", action="store_true")
+    stop.add_argument("--timeout", type=float, default=60.0)
+    stop.add_argument("--json", action="store_true")
+    status = sub.add_parser("status", help="one user's latest session, or every live session")
+    status.add_argument("--user")
+    status.add_argument("--json", action="store_true")
+    stop_all = sub.add_parser("stop-all", help="stop every live session")
+    stop_all.add_argument("--wait", action="store_true")
+    stop_all.add_argument("--timeout", type=float, default=180.0)
+    audit = sub.add_parser("audit", help="the audit trail, newest first")
+    audit.add_argument("--user")
+    audit.add_argument("--limit", type=int, default=50)
+    audit.add_argument("--json", action="store_true")
+    sub.add_parser("templates", help="list the templates")
+    return p
+
+
+def run(argv: Sequence[str] | None, settings: Settings) -> int:
+    args = _parser().parse_args(argv)
+    service = build_service(settings)
+    actor = Actor.operator(f"operator:{getpass.getuser()}")
+    if args.command == "start":
+        session = service.launch(actor, args.template, user=args.user)
+        if args.wait:
+            session = service.wait(actor, session.id, {SessionStatus.RUNNING}, args.timeout)
+        # The operator acts for the user: show the user's own view, with the token.
+        session = service.store.require(session.id)
+        _print_session(session, args.json, with_open_url=True)
+        if session.status == SessionStatus.ERROR:
+            print(f"launcher: error: start failed: {session.error}", file=sys.stderr)
+            return 8
+    elif args.command == "stop":
+        session = service.stop(actor, args.user)
+        if args.wait:
+            session = service.wait(actor, session.id, set(TERMINAL_STATUSES), args.timeout)
+        _print_session(session, args.json, with_open_url=False)
+    elif args.command == "status":
+        if args.user:
+            found = service.session_for(actor, args.user)
+            sessions = [found] if found else []
+        else:
+            sessions = service.list_sessions(actor)
+        if args.json:
+            payload = [s.public() for s in sessions]
+            print(json.dumps(payload[0] if args.user and payload else payload, indent=2))
+        else:
+            for s in sessions:
+                print(_row(s))
+            if not sessions:
+                print("no sessions")
+    elif args.command == "stop-all":
+        task_id = service.stop_all(actor)
+        print(f"stop-all enqueued as task {task_id}")
+        if args.wait:
+            result = service.dispatcher.app.AsyncResult(task_id).get(timeout=args.timeout)  # type: ignore[attr-defined]
+            print(f"stopped {result['done']} of {result['total']}")
+    elif args.command == "audit":
+        events = service.audit(actor, user=args.user, limit=args.limit)
+        if args.json:
+            print(json.dumps([e.model_dump(mode="json") for e in events], indent=2))
+        for e in [] if args.json else events:
+            print(f"{e.time:%Y-%m-%d %H:%M:%S} {e.session_id} {e.user:<16} {e.previous or '-':>8} -> "
+                  f"{e.action:<9} by {e.actor} ({e.reason}) {e.detail}")
+    elif args.command == "templates":
+        print("\n".join(service.templates()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        settings = Settings()
+        code = run(argv, settings)
+    except LauncherError as exc:
+        print(f"launcher: error: {exc.user_message}", file=sys.stderr)
+        code = exc.exit_code
+    except ValueError as exc:  # invalid settings
+        print(f"launcher: error: invalid configuration: {exc}".splitlines()[0], file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

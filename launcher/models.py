@@ -1,0 +1,146 @@
+"""Typed records that cross every boundary: sessions, actors, audit events."""
+
+from __future__ import annotations
+
+import secrets
+import string
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializationInfo, field_serializer
+
+SCHEMA_VERSION = 1
+SESSION_ID_ALPHABET = string.ascii_lowercase + string.digits
+SESSION_ID_PATTERN = r"^[a-z0-9]{12}$"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_session_id() -> str:
+    return "".join(secrets.choice(SESSION_ID_ALPHABET) for _ in range(12))
+
+
+def new_token() -> SecretStr:
+    return SecretStr(secrets.token_urlsafe(32))
+
+
+class SessionStatus(StrEnum):
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+    @property
+    def live(self) -> bool:
+        return self in LIVE_STATUSES
+
+
+LIVE_STATUSES = frozenset(
+    {SessionStatus.QUEUED, SessionStatus.STARTING, SessionStatus.RUNNING, SessionStatus.STOPPING}
+)
+TERMINAL_STATUSES = frozenset({SessionStatus.STOPPED, SessionStatus.ERROR})
+
+
+class StopReason(StrEnum):
+    USER = "user"  # the owner asked
+    ADMIN = "admin"  # an admin or operator asked
+    IDLE = "idle"  # no activity for longer than the idle timeout
+    MAX_AGE = "max_age"  # older than the maximum age
+    DIED = "died"  # the container exited by itself
+    OOM = "oom"  # the container was killed for memory
+    START_FAILED = "start_failed"
+    LOST = "lost"  # the container vanished
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    RESEARCHER = "researcher"
+    VIEWER = "viewer"
+
+
+class Permission(StrEnum):
+    LAUNCH_NOTEBOOKS = "LAUNCH_NOTEBOOKS"
+    MANAGE_NOTEBOOKS = "MANAGE_NOTEBOOKS"
+
+
+class Actor(BaseModel):
+    """Who asks: a console user, or an operator / system component."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    role: Role
+
+    @classmethod
+    def operator(cls, name: str = "operator") -> Actor:
+        return cls(name=name, role=Role.ADMIN)
+
+
+class Session(BaseModel):
+    """One notebook session; stored as JSON in Redis by ``launcher.store`` and nowhere else."""
+
+    model_config = ConfigDict(validate_assignment=False)
+
+    schema_version: int = SCHEMA_VERSION
+    id: str = Field(pattern=SESSION_ID_PATTERN)
+    user: str
+    template: str
+    status: SessionStatus = SessionStatus.QUEUED
+    phase: str | None = None  # what a live session is doing now, for people watching
+    host: str | None = None
+    container_id: str | None = None
+    token: SecretStr
+    url: str | None = None  # the entry-point URL, without the token
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    last_activity_at: datetime | None = None
+    kernels_busy: int = 0
+    connections: int = 0
+    stopped_at: datetime | None = None
+    stop_reason: StopReason | None = None
+    stop_requested_by: str | None = None
+    error: str | None = None
+
+    @field_serializer("token")
+    def _dump_token(self, token: SecretStr, info: SerializationInfo) -> str:
+        """The token is written out only for the state store (context ``{"secrets": True}``)."""
+        if info.context and info.context.get("secrets"):
+            return token.get_secret_value()
+        return "**********"
+
+    def to_storage(self) -> str:
+        return self.model_dump_json(context={"secrets": True})
+
+    def public(self) -> dict[str, Any]:
+        """A JSON-ready view without the token, fit for admins, other users and logs."""
+        data = self.model_dump(mode="json", exclude={"token"})
+        return data
+
+    def open_url(self) -> str | None:
+        """The URL with the token: for the session's owner only."""
+        if self.url is None or self.status != SessionStatus.RUNNING or not self.token.get_secret_value():
+            return None
+        return f"{self.url}?token={self.token.get_secret_value()}"
+
+
+class AuditEvent(BaseModel):
+    """One transition of one session, as appended to the audit stream."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    time: datetime
+    session_id: str
+    user: str
+    template: str
+    host: str
+    action: str  # the status reached, or a named action such as "keepalive"
+    previous: str
+    actor: str
+    reason: str
+    detail: str = ""

@@ -1,0 +1,143 @@
+"""The one way in for the console and the CLI: validate, authorize, record, enqueue.
+
+The service never touches Docker; it records intent in the store (atomically) and hands the
+container work to the host's worker through the dispatcher. Every method takes the acting user.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import SecretStr
+
+from launcher.dispatch import Dispatcher
+from launcher.errors import LauncherError, NotFound, PermissionDenied, RuntimeUnavailable
+from launcher.models import (
+    TERMINAL_STATUSES,
+    Actor,
+    AuditEvent,
+    Permission,
+    Session,
+    SessionStatus,
+    StopReason,
+    new_session_id,
+    new_token,
+)
+from launcher.rbac import authorize, may_act_on
+from launcher.settings import Settings
+from launcher.store import SessionStore
+from launcher.validation import available_templates, resolve_template, validate_user_id
+
+
+def redact(session: Session) -> Session:
+    return session.model_copy(update={"token": SecretStr("")})
+
+
+class LauncherService:
+    def __init__(self, settings: Settings, store: SessionStore, dispatcher: Dispatcher) -> None:
+        self.settings = settings
+        self.store = store
+        self.dispatcher = dispatcher
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _visible(self, actor: Actor, session: Session) -> Session:
+        """Only the owner ever receives the token."""
+        return session if actor.name == session.user else redact(session)
+
+    @staticmethod
+    def _require(actor: Actor, permission: Permission) -> None:
+        if not authorize(actor, permission):
+            raise PermissionDenied(f"{actor.name} ({actor.role.value}) lacks {permission.value}")
+
+    def templates(self) -> list[str]:
+        return available_templates(self.settings.templates_dir)
+
+    # -- commands ---------------------------------------------------------------------------
+    def launch(self, actor: Actor, template: str, user: str | None = None) -> Session:
+        """Reserve a session for ``user`` (default: the actor) and enqueue its start."""
+        self._require(actor, Permission.LAUNCH_NOTEBOOKS)
+        owner = validate_user_id(actor.name if user is None else user)
+        if not may_act_on(actor, owner):
+            raise PermissionDenied(f"{actor.name} may not launch a notebook for {owner}")
+        resolve_template(self.settings.templates_dir, template)
+        session = Session(id=new_session_id(), user=owner, template=template, token=new_token())
+        session = self.store.reserve(session, actor=actor.name)
+        try:
+            self.dispatcher.start(session)
+        except LauncherError as exc:
+            self.store.transition(
+                session.id,
+                SessionStatus.ERROR,
+                actor="launcher",
+                reason="dispatch_failed",
+                error=exc.user_message,
+                stop_reason=StopReason.START_FAILED,
+            )
+            raise
+        return self._visible(actor, session)
+
+    def stop(self, actor: Actor, user: str | None = None, *, session_id: str | None = None) -> Session:
+        """Ask the owning host to stop ``user``'s live session (or the one with ``session_id``)."""
+        if session_id is not None:
+            target = self.store.get(session_id)
+            if target is None or target.status in TERMINAL_STATUSES:
+                raise NotFound(f"no live session {session_id!r}")
+        else:
+            owner = validate_user_id(actor.name if user is None else user)
+            target = self.store.live_session_for(owner)
+            if target is None:
+                raise NotFound(f"{owner} has no live notebook session")
+        if not may_act_on(actor, target.user):
+            raise PermissionDenied(f"{actor.name} may not stop {target.user}'s session")
+        reason = StopReason.USER if actor.name == target.user else StopReason.ADMIN
+        session = self.store.transition(
+            target.id, SessionStatus.STOPPING, actor=actor.name, reason=reason.value,
+            stop_requested_by=actor.name, stop_reason=reason,
+        )
+        self.dispatcher.stop(session, actor.name, reason.value)
+        return self._visible(actor, session)
+
+    def stop_all(self, actor: Actor) -> str:
+        """Enqueue the stop-all task; returns its Celery task id (its progress is its result)."""
+        self._require(actor, Permission.MANAGE_NOTEBOOKS)
+        return self.dispatcher.stop_all(actor.name)
+
+    # -- queries ----------------------------------------------------------------------------
+    def session_for(self, actor: Actor, user: str | None = None) -> Session | None:
+        """The user's live session, else their most recent one."""
+        owner = validate_user_id(actor.name if user is None else user)
+        if not may_act_on(actor, owner):
+            raise PermissionDenied(f"{actor.name} may not see {owner}'s session")
+        session = self.store.latest_session_for(owner)
+        return self._visible(actor, session) if session else None
+
+    def get(self, actor: Actor, session_id: str) -> Session:
+        session = self.store.require(session_id)
+        if not may_act_on(actor, session.user):
+            raise PermissionDenied(f"{actor.name} may not see session {session_id}")
+        return self._visible(actor, session)
+
+    def list_sessions(self, actor: Actor, *, live_only: bool = True) -> list[Session]:
+        self._require(actor, Permission.MANAGE_NOTEBOOKS)
+        sessions = self.store.list_live() if live_only else self.store.list_recent()
+        return [self._visible(actor, s) for s in sessions]
+
+    def audit(self, actor: Actor, *, user: str | None = None, limit: int = 200) -> list[AuditEvent]:
+        self._require(actor, Permission.MANAGE_NOTEBOOKS)
+        return self.store.audit(limit=limit, user=user)
+
+    def wait(
+        self, actor: Actor, session_id: str, until: set[SessionStatus], timeout: float, poll: float = 0.02
+    ) -> Session:
+        """Poll the store until the session reaches one of ``until`` (or a terminal state)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            session = self.get(actor, session_id)
+            if session.status in until or session.status in TERMINAL_STATUSES:
+                return session
+            if time.monotonic() > deadline:
+                raise RuntimeUnavailable(
+                    f"session {session_id} is still {session.status.value} after {timeout:.0f} s; "
+                    f"is a worker running for host {session.host!r}?"
+                )
+            time.sleep(poll)

@@ -1,0 +1,332 @@
+"""Session state in Redis: one JSON record per session, atomic transitions, an audit stream.
+
+Keys (``P`` is ``<instance>:``):
+
+    P session:<sid>        the Session record (JSON, schema-versioned); terminal ones expire
+    P user:<user>          the user's live session id (at most one; the reservation lock)
+    P user:<user>:last     the user's most recent session id
+    P live                 set of live session ids (the global cap counts this)
+    P host:<host>:live     set of live session ids placed on a host (the per-host cap)
+    P recent               sorted set of session ids by creation time
+    P audit                stream of transitions (actor, action, reason, time)
+
+Every write that must be atomic is one Lua script: a reservation checks the user lock and both caps
+and places the session in one step; a transition is a compare-and-set on the status that also keeps
+the sets, the user lock and the audit stream in step. Redis errors become ``RuntimeUnavailable``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from launcher.errors import Conflict, LimitReached, NotFound, RuntimeUnavailable
+from launcher.models import (
+    LIVE_STATUSES,
+    AuditEvent,
+    Session,
+    SessionStatus,
+    utcnow,
+)
+from launcher.settings import Settings
+
+_RESERVE = """
+-- KEYS: 1 session, 2 user lock, 3 live, 4 audit, 5 recent, 6 user last, 7.. host live sets
+-- ARGV: 1 session json, 2 sid, 3 global cap, 4 host cap, 5 audit maxlen, 6 now iso, 7 actor,
+--       8 now epoch, 9.. host names (ARGV[i + 2] names KEYS[i])
+local existing = redis.call('GET', KEYS[2])
+if existing then return {'exists', existing} end
+local live = redis.call('SCARD', KEYS[3])
+if live >= tonumber(ARGV[3]) then return {'global_cap', tostring(live)} end
+local best, best_n = nil, nil
+for i = 7, #KEYS do
+  local n = redis.call('SCARD', KEYS[i])
+  if n < tonumber(ARGV[4]) and (best_n == nil or n < best_n) then best, best_n = i, n end
+end
+if best == nil then return {'host_cap', tostring(live)} end
+local host = ARGV[best + 2]
+local s = cjson.decode(ARGV[1])
+s['host'] = host
+redis.call('SET', KEYS[1], cjson.encode(s))
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[6], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('SADD', KEYS[best], ARGV[2])
+redis.call('ZADD', KEYS[5], ARGV[8], ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -10001)
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*',
+  'session_id', ARGV[2], 'user', s['user'], 'template', s['template'], 'host', host,
+  'action', 'queued', 'previous', '', 'actor', ARGV[7], 'reason', 'launch', 'detail', '',
+  'time', ARGV[6])
+return {'ok', host}
+"""
+
+_TRANSITION = """
+-- KEYS: 1 session, 2 live, 3 audit
+-- ARGV: 1 expected statuses (comma separated), 2 new status ('' keeps it), 3 patch json,
+--       4 actor, 5 reason, 6 now iso, 7 ttl of terminal records, 8 audit maxlen, 9 key prefix,
+--       10 detail, 11 audit action ('' writes no audit entry)
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {'missing', ''} end
+local s = cjson.decode(raw)
+local cur = s['status']
+local allowed = false
+for st in string.gmatch(ARGV[1], '[^,]+') do
+  if st == cur then allowed = true end
+end
+if not allowed then return {'conflict', raw} end
+for k, v in pairs(cjson.decode(ARGV[3])) do s[k] = v end
+local new = ARGV[2]
+if new ~= '' then s['status'] = new end
+local enc = cjson.encode(s)
+if new == 'stopped' or new == 'error' then
+  redis.call('SET', KEYS[1], enc, 'EX', tonumber(ARGV[7]))
+  redis.call('SREM', KEYS[2], s['id'])
+  if type(s['host']) == 'string' then
+    redis.call('SREM', ARGV[9] .. 'host:' .. s['host'] .. ':live', s['id'])
+  end
+  local ukey = ARGV[9] .. 'user:' .. s['user']
+  if redis.call('GET', ukey) == s['id'] then redis.call('DEL', ukey) end
+else
+  redis.call('SET', KEYS[1], enc)
+end
+if ARGV[11] ~= '' then
+  local host = s['host']
+  if type(host) ~= 'string' then host = '' end
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', tonumber(ARGV[8]), '*',
+    'session_id', s['id'], 'user', s['user'], 'template', s['template'], 'host', host,
+    'action', ARGV[11], 'previous', cur, 'actor', ARGV[4], 'reason', ARGV[5], 'detail', ARGV[10],
+    'time', ARGV[6])
+end
+return {'ok', enc}
+"""
+
+# Which statuses a session may be in before it moves to each status.
+PREDECESSORS: dict[SessionStatus, frozenset[SessionStatus]] = {
+    SessionStatus.STARTING: frozenset({SessionStatus.QUEUED, SessionStatus.STARTING}),
+    SessionStatus.RUNNING: frozenset({SessionStatus.STARTING}),
+    SessionStatus.STOPPING: frozenset(LIVE_STATUSES),
+    SessionStatus.STOPPED: frozenset(LIVE_STATUSES),
+    SessionStatus.ERROR: frozenset(LIVE_STATUSES),
+}
+
+
+@contextlib.contextmanager
+def _redis_errors() -> Iterator[None]:
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise RuntimeUnavailable(
+            "the session store (Redis) is not reachable; try again shortly", f"redis error: {exc!r}"
+        ) from None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if hasattr(value, "value"):  # enums
+        return value.value
+    return value
+
+
+class SessionStore:
+    """All reads and writes of session state go through here."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self._r = client
+        self._settings = settings
+        self.prefix = f"{settings.instance}:"
+        self._reserve = client.register_script(_RESERVE)
+        self._transition = client.register_script(_TRANSITION)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SessionStore:
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_timeout=5,
+            socket_connect_timeout=3,
+            health_check_interval=30,
+        )
+        return cls(client, settings)
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self._r
+
+    # -- keys -------------------------------------------------------------------------------
+    def _k(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    # -- writes -----------------------------------------------------------------------------
+    def reserve(self, session: Session, *, actor: str) -> Session:
+        """Record a new queued session if the user has none live and both caps allow it.
+
+        Picks the least loaded of the configured hosts with room. Raises ``Conflict`` when the user
+        already has a live session, ``LimitReached`` when a cap is hit.
+        """
+        hosts = list(self._settings.hosts)
+        now = utcnow()
+        keys = [
+            self._k("session", session.id),
+            self._k("user", session.user),
+            self._k("live"),
+            self._k("audit"),
+            self._k("recent"),
+            self._k("user", session.user, "last"),
+            *[self._k("host", h, "live") for h in hosts],
+        ]
+        args = [
+            session.to_storage(),
+            session.id,
+            self._settings.max_sessions,
+            self._settings.max_sessions_per_host,
+            self._settings.audit_maxlen,
+            now.isoformat(),
+            actor,
+            now.timestamp(),
+            *hosts,
+        ]
+        with _redis_errors():
+            verdict, detail = self._reserve(keys=keys, args=args)
+        if verdict == "exists":
+            raise Conflict(f"user {session.user!r} already has a live notebook session ({detail})")
+        if verdict == "global_cap":
+            raise LimitReached(
+                f"the launcher is at its limit of {self._settings.max_sessions} concurrent sessions "
+                f"({detail} running); try again when one stops"
+            )
+        if verdict == "host_cap":
+            raise LimitReached(
+                f"every Docker host is at its limit of {self._settings.max_sessions_per_host} sessions; "
+                "try again when one stops"
+            )
+        return session.model_copy(update={"host": detail})
+
+    def transition(
+        self,
+        session_id: str,
+        to: SessionStatus | None,
+        *,
+        actor: str,
+        reason: str = "",
+        expected: Iterable[SessionStatus] | None = None,
+        detail: str = "",
+        audit_action: str | None = None,
+        **patch: Any,
+    ) -> Session:
+        """Compare-and-set: move the session to ``to`` (or only patch it, when ``to`` is None).
+
+        The move happens only if the current status is in ``expected`` (default: the allowed
+        predecessors of ``to``). Raises ``NotFound`` or ``Conflict``; the record is unchanged then.
+        """
+        if expected is None:
+            if to is None:
+                raise ValueError("a patch without a status change needs explicit expected statuses")
+            expected = PREDECESSORS[to]
+        if audit_action is None:
+            audit_action = to.value if to is not None else ""
+        args = [
+            ",".join(s.value for s in expected),
+            to.value if to is not None else "",
+            json.dumps({k: _jsonable(v) for k, v in patch.items()}),
+            actor,
+            reason,
+            utcnow().isoformat(),
+            self._settings.session_record_ttl_s,
+            self._settings.audit_maxlen,
+            self.prefix,
+            detail,
+            audit_action,
+        ]
+        keys = [self._k("session", session_id), self._k("live"), self._k("audit")]
+        with _redis_errors():
+            verdict, raw = self._transition(keys=keys, args=args)
+        if verdict == "missing":
+            raise NotFound(f"no session {session_id!r}")
+        session = Session.model_validate_json(raw)
+        if verdict == "conflict":
+            want = to.value if to else "update"
+            raise Conflict(f"session {session_id} is {session.status.value}; cannot {want} it")
+        return session
+
+    # -- reads ------------------------------------------------------------------------------
+    def get(self, session_id: str) -> Session | None:
+        with _redis_errors():
+            raw = self._r.get(self._k("session", session_id))
+        return Session.model_validate_json(raw) if raw else None
+
+    def require(self, session_id: str) -> Session:
+        session = self.get(session_id)
+        if session is None:
+            raise NotFound(f"no session {session_id!r}")
+        return session
+
+    def live_session_for(self, user: str) -> Session | None:
+        with _redis_errors():
+            sid = self._r.get(self._k("user", user))
+        return self.get(sid) if sid else None
+
+    def latest_session_for(self, user: str) -> Session | None:
+        """The live session, else the most recent one (stopped or failed) while its record lasts."""
+        live = self.live_session_for(user)
+        if live is not None:
+            return live
+        with _redis_errors():
+            sid = self._r.get(self._k("user", user, "last"))
+        return self.get(sid) if sid else None
+
+    def _many(self, ids: Iterable[str]) -> list[Session]:
+        ids = list(ids)
+        if not ids:
+            return []
+        with _redis_errors():
+            raws = self._r.mget([self._k("session", sid) for sid in ids])
+        return [Session.model_validate_json(raw) for raw in raws if raw]
+
+    def list_live(self, host: str | None = None) -> list[Session]:
+        key = self._k("host", host, "live") if host else self._k("live")
+        with _redis_errors():
+            ids = self._r.smembers(key)
+        return sorted(self._many(ids), key=lambda s: s.created_at)
+
+    def list_recent(self, limit: int = 200) -> list[Session]:
+        with _redis_errors():
+            ids = self._r.zrevrange(self._k("recent"), 0, limit - 1)
+        return self._many(ids)
+
+    def count_live(self) -> int:
+        with _redis_errors():
+            return int(self._r.scard(self._k("live")))
+
+    def queue_position(self, session: Session) -> int | None:
+        """1-based position among queued sessions on the same host, by creation time."""
+        if session.status != SessionStatus.QUEUED or session.host is None:
+            return None
+        queued = [s for s in self.list_live(session.host) if s.status == SessionStatus.QUEUED]
+        for position, other in enumerate(queued, start=1):
+            if other.id == session.id:
+                return position
+        return None
+
+    def audit(self, *, limit: int = 200, user: str | None = None) -> list[AuditEvent]:
+        """Newest first; filtered by user when given (scans at most 20x ``limit`` entries)."""
+        with _redis_errors():
+            rows = self._r.xrevrange(self._k("audit"), count=limit * (20 if user else 1))
+        events = []
+        for entry_id, fields in rows:
+            if user and fields.get("user") != user:
+                continue
+            events.append(AuditEvent(id=entry_id, **fields))
+            if len(events) >= limit:
+                break
+        return events
+
+    def ping(self) -> None:
+        with _redis_errors():
+            self._r.ping()

@@ -1,0 +1,150 @@
+"""Test helpers: free ports, waiting, subprocesses we own, and a Jupyter kernel client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websocket
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Proc:
+    """A child process this test session started; stopped by its own PID (and its group)."""
+
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if not self.alive():
+            return
+        os.killpg(self.popen.pid, sig)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        popen = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
+    return Proc(name, popen, log)
+
+
+@dataclass
+class ExecResult:
+    stdout: str = ""
+    result: str | None = None
+    error: str | None = None
+    kernel_died: bool = False
+    status: str = ""
+    messages: list[dict] = field(default_factory=list)
+
+
+class Kernel:
+    """A kernel in a running session, driven through the entry point (HTTP + WebSocket)."""
+
+    def __init__(self, base_url: str, session_id: str, token: str) -> None:
+        self.api = f"{base_url}/user/{session_id}/api"
+        self.token = token
+        self.http = httpx.Client(headers={"Authorization": f"token {token}"}, timeout=30)
+        r = self.http.post(f"{self.api}/kernels", json={"name": "python3"})
+        r.raise_for_status()
+        self.id = r.json()["id"]
+        ws_url = self.api.replace("http://", "ws://") + f"/kernels/{self.id}/channels?token={token}"
+        self.ws = websocket.create_connection(ws_url, timeout=60)
+        self.session = uuid.uuid4().hex
+
+    def execute(self, code: str, timeout: float = 60) -> ExecResult:
+        msg_id = uuid.uuid4().hex
+        self.ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "username": "test", "session": self.session,
+                       "msg_type": "execute_request", "version": "5.3", "date": datetime.now(UTC).isoformat()},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                        "allow_stdin": False, "stop_on_error": True},
+        }))
+        res = ExecResult()
+        idle = replied = False
+        deadline = time.monotonic() + timeout
+        while not (idle and replied):
+            self.ws.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                raw = self.ws.recv()
+            except (websocket.WebSocketTimeoutException, websocket.WebSocketConnectionClosedException):
+                if time.monotonic() >= deadline:
+                    raise AssertionError(f"no reply within {timeout} s to {code[:60]!r}") from None
+                res.kernel_died = True
+                return res
+            msg = json.loads(raw)
+            res.messages.append(msg)
+            mtype = msg.get("msg_type") or msg["header"]["msg_type"]
+            content = msg.get("content", {})
+            if mtype == "status" and content.get("execution_state") in ("restarting", "dead"):
+                res.kernel_died = True
+                return res
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if mtype == "stream" and content.get("name") == "stdout":
+                res.stdout += content["text"]
+            elif mtype == "execute_result":
+                res.result = content["data"].get("text/plain")
+            elif mtype == "error":
+                res.error = f"{content['ename']}: {content['evalue']}"
+            elif mtype == "status" and content.get("execution_state") == "idle":
+                idle = True
+            elif mtype == "execute_reply":
+                replied = True
+                res.status = content.get("status", "")
+        return res
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+            self.http.delete(f"{self.api}/kernels/{self.id}")
+        finally:
+            self.http.close()

@@ -1,0 +1,209 @@
+"""The Docker boundary: a small typed interface, one real implementation, one in-memory fake.
+
+    start(spec) -> Handle          create (or adopt, if a container of that name exists) and start
+    state(name) -> ContainerState  RUNNING, EXITED, OOM_KILLED, MISSING, ... (never a bare None)
+    stop(name)                     stop and remove; a missing container is not an error
+    list_managed(instance)         every container labelled as ours on this engine
+
+docker-py errors are translated here: an unreachable engine is ``RuntimeUnavailable``; a missing
+image or a refused create is ``StartFailed`` with a message an operator can act on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+import docker
+import docker.errors
+import requests
+
+from launcher.errors import RuntimeUnavailable, StartFailed
+from launcher.spec import LABEL_PREFIX
+
+
+class ContainerState(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    EXITED = "exited"
+    OOM_KILLED = "oom_killed"
+    MISSING = "missing"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Handle:
+    id: str
+    name: str
+    adopted: bool = False  # True when the container already existed (a retried start)
+
+
+@dataclass(frozen=True)
+class ManagedContainer:
+    id: str
+    name: str
+    state: ContainerState
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def session_id(self) -> str:
+        return self.labels.get(f"{LABEL_PREFIX}.session", "")
+
+
+class Runtime(Protocol):
+    def start(self, spec: dict[str, Any]) -> Handle: ...
+    def state(self, name: str) -> ContainerState: ...
+    def stop(self, name: str, timeout: int = 10) -> None: ...
+    def list_managed(self, instance: str) -> list[ManagedContainer]: ...
+
+
+def _state_of(attrs: dict[str, Any]) -> ContainerState:
+    st = attrs.get("State") or {}
+    if st.get("Running"):
+        return ContainerState.RUNNING
+    if st.get("OOMKilled"):
+        return ContainerState.OOM_KILLED
+    status = st.get("Status")
+    if status == "created":
+        return ContainerState.CREATED
+    if status in {"exited", "dead"}:
+        return ContainerState.EXITED
+    return ContainerState.UNKNOWN
+
+
+@contextlib.contextmanager
+def _docker_errors() -> Iterator[None]:
+    try:
+        yield
+    except docker.errors.ImageNotFound as exc:
+        raise StartFailed(
+            "the notebook image is missing on this Docker host; an operator must run "
+            "scripts/build-images.sh",
+            f"image not found: {exc.explanation}",
+        ) from None
+    except docker.errors.APIError as exc:
+        raise StartFailed("the Docker engine refused the notebook container", f"docker: {exc.explanation}") from None
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise RuntimeUnavailable(
+            "the Docker engine on this host is not reachable", f"docker unreachable: {exc!r}"
+        ) from None
+
+
+class DockerRuntime:
+    """``Runtime`` on a real Docker engine through docker-py."""
+
+    def __init__(self, client: docker.DockerClient | None = None) -> None:
+        with _docker_errors():
+            self._client = client or docker.from_env(timeout=30)
+
+    def start(self, spec: dict[str, Any]) -> Handle:
+        name = spec["name"]
+        adopted = False
+        with _docker_errors():
+            try:
+                container = self._client.containers.create(**spec)
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: the name exists: a retried start adopts it
+                    raise
+                container = self._client.containers.get(name)
+                adopted = True
+            container.reload()
+            if _state_of(container.attrs) != ContainerState.RUNNING:
+                container.start()
+        return Handle(id=container.id, name=name, adopted=adopted)
+
+    def state(self, name: str) -> ContainerState:
+        with _docker_errors():
+            try:
+                container = self._client.containers.get(name)
+            except docker.errors.NotFound:
+                return ContainerState.MISSING
+        return _state_of(container.attrs)
+
+    def stop(self, name: str, timeout: int = 10) -> None:
+        with _docker_errors():
+            try:
+                container = self._client.containers.get(name)
+                if _state_of(container.attrs) == ContainerState.RUNNING:
+                    container.stop(timeout=timeout)
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                if exc.status_code in (404, 409):  # gone, or removal already in progress
+                    return
+                raise
+
+    def list_managed(self, instance: str) -> list[ManagedContainer]:
+        with _docker_errors():
+            containers = self._client.containers.list(
+                all=True, filters={"label": f"{LABEL_PREFIX}.instance={instance}"}
+            )
+        return [
+            ManagedContainer(id=c.id, name=c.name, state=_state_of(c.attrs), labels=dict(c.labels))
+            for c in containers
+        ]
+
+    def stats_memory(self, name: str) -> int | None:
+        """Current memory usage in bytes as the cgroup reports it (for benchmarks)."""
+        with _docker_errors():
+            try:
+                stats = self._client.containers.get(name).stats(stream=False)
+            except docker.errors.NotFound:
+                return None
+        usage = stats.get("memory_stats", {})
+        return int(usage.get("usage", 0)) - int(usage.get("stats", {}).get("cache", 0))
+
+
+@dataclass
+class _FakeContainer:
+    id: str
+    name: str
+    labels: dict[str, str]
+    state: ContainerState
+    created: datetime | None = None
+
+
+class FakeRuntime:
+    """An in-memory ``Runtime`` for fast tests of lifecycle logic (not of isolation)."""
+
+    def __init__(self) -> None:
+        self.containers: dict[str, _FakeContainer] = {}
+        self.fail_next_start: Exception | None = None
+        self._lock = threading.Lock()
+        self._seq = 0
+
+    def start(self, spec: dict[str, Any]) -> Handle:
+        with self._lock:
+            if self.fail_next_start is not None:
+                exc, self.fail_next_start = self.fail_next_start, None
+                raise exc
+            name = spec["name"]
+            existing = self.containers.get(name)
+            if existing is not None:
+                existing.state = ContainerState.RUNNING
+                return Handle(id=existing.id, name=name, adopted=True)
+            self._seq += 1
+            cid = f"fake{self._seq:060d}"
+            self.containers[name] = _FakeContainer(cid, name, dict(spec["labels"]), ContainerState.RUNNING)
+            return Handle(id=cid, name=name)
+
+    def state(self, name: str) -> ContainerState:
+        container = self.containers.get(name)
+        return container.state if container else ContainerState.MISSING
+
+    def stop(self, name: str, timeout: int = 10) -> None:
+        with self._lock:
+            self.containers.pop(name, None)
+
+    def list_managed(self, instance: str) -> list[ManagedContainer]:
+        return [
+            ManagedContainer(c.id, c.name, c.state, dict(c.labels))
+            for c in self.containers.values()
+            if c.labels.get(f"{LABEL_PREFIX}.instance") == instance
+        ]
