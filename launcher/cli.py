@@ -117,8 +117,10 @@ def run(argv: Sequence[str] | None, settings: Settings) -> int:
         if args.json:
             print(json.dumps([e.model_dump(mode="json") for e in events], indent=2))
         for e in [] if args.json else events:
-            print(f"{e.time:%Y-%m-%d %H:%M:%S} {e.session_id} {e.user:<16} {e.previous or '-':>8} -> "
-                  f"{e.action:<9} by {e.actor} ({e.reason}) {e.detail}")
+            print(
+                f"{e.time:%Y-%m-%d %H:%M:%S} {e.session_id} {e.user:<16} {e.previous or '-':>8} -> "
+                f"{e.action:<9} by {e.actor} ({e.reason}) {e.detail}"
+            )
     elif args.command == "templates":
         print("\n".join(service.templates()))
     return 0

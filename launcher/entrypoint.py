@@ -1,7 +1,7 @@
 """Render and run the per-host entry point (nginx) from settings.
 
-    python -m launcher.entrypoint render --prefix DIR     write DIR/nginx.conf
-    python -m launcher.entrypoint run --prefix DIR        render, then exec nginx in the foreground
+python -m launcher.entrypoint render --prefix DIR     write DIR/nginx.conf
+python -m launcher.entrypoint run --prefix DIR        render, then exec nginx in the foreground
 """
 
 from __future__ import annotations

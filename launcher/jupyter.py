@@ -76,8 +76,7 @@ def wait_ready(
             next_alive_check = now + alive_check_every
             if not still_alive():
                 raise StartFailed(
-                    "the notebook container exited while starting; an operator can read its log "
-                    "with `docker logs`",
+                    "the notebook container exited while starting; an operator can read its log with `docker logs`",
                 )
         if now - t0 > timeout:
             raise StartFailed(f"the notebook server did not answer within {timeout:.0f} s")

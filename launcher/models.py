@@ -40,9 +40,7 @@ class SessionStatus(StrEnum):
         return self in LIVE_STATUSES
 
 
-LIVE_STATUSES = frozenset(
-    {SessionStatus.QUEUED, SessionStatus.STARTING, SessionStatus.RUNNING, SessionStatus.STOPPING}
-)
+LIVE_STATUSES = frozenset({SessionStatus.QUEUED, SessionStatus.STARTING, SessionStatus.RUNNING, SessionStatus.STOPPING})
 TERMINAL_STATUSES = frozenset({SessionStatus.STOPPED, SessionStatus.ERROR})
 
 

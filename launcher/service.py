@@ -91,8 +91,12 @@ class LauncherService:
             raise PermissionDenied(f"{actor.name} may not stop {target.user}'s session")
         reason = StopReason.USER if actor.name == target.user else StopReason.ADMIN
         session = self.store.transition(
-            target.id, SessionStatus.STOPPING, actor=actor.name, reason=reason.value,
-            stop_requested_by=actor.name, stop_reason=reason,
+            target.id,
+            SessionStatus.STOPPING,
+            actor=actor.name,
+            reason=reason.value,
+            stop_requested_by=actor.name,
+            stop_reason=reason,
         )
         self.dispatcher.stop(session, actor.name, reason.value)
         return self._visible(actor, session)

@@ -56,9 +56,7 @@ def jupyter_command(session: Session) -> list[str]:
     ]
 
 
-def build_container_spec(
-    session: Session, settings: Settings, *, workspace: Path, rundir: Path
-) -> dict[str, Any]:
+def build_container_spec(session: Session, settings: Settings, *, workspace: Path, rundir: Path) -> dict[str, Any]:
     """Keyword arguments for ``docker.containers.create`` for this session's notebook."""
     mem = settings.mem_limit
     return {

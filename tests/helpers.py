@@ -69,9 +69,7 @@ class Proc:
 
 def spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
     with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
-        popen = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
-        )
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
     return Proc(name, popen, log)
 
 
@@ -101,13 +99,32 @@ class Kernel:
 
     def execute(self, code: str, timeout: float = 60) -> ExecResult:
         msg_id = uuid.uuid4().hex
-        self.ws.send(json.dumps({
-            "header": {"msg_id": msg_id, "username": "test", "session": self.session,
-                       "msg_type": "execute_request", "version": "5.3", "date": datetime.now(UTC).isoformat()},
-            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                        "allow_stdin": False, "stop_on_error": True},
-        }))
+        self.ws.send(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "username": "test",
+                        "session": self.session,
+                        "msg_type": "execute_request",
+                        "version": "5.3",
+                        "date": datetime.now(UTC).isoformat(),
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "buffers": [],
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                        "stop_on_error": True,
+                    },
+                }
+            )
+        )
         res = ExecResult()
         idle = replied = False
         deadline = time.monotonic() + timeout
@@ -148,3 +165,20 @@ class Kernel:
             self.http.delete(f"{self.api}/kernels/{self.id}")
         finally:
             self.http.close()
+
+
+class RecordingDispatcher:
+    """A real dispatcher object that records what would be enqueued (for service-only tests)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple] = []
+
+    def start(self, session):
+        self.sent.append(("start", session.id, session.host))
+
+    def stop(self, session, actor, reason):
+        self.sent.append(("stop", session.id, actor, reason))
+
+    def stop_all(self, actor):
+        self.sent.append(("stop_all", actor))
+        return "task-id"

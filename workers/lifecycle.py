@@ -70,8 +70,12 @@ def start(ctx: WorkerContext, session_id: str) -> Session | None:
         handle = ctx.runtime.start(spec)
         timings["container"] = time.monotonic() - t0 - timings["prepare"]
         ctx.store.transition(
-            session_id, None, actor=ctx.actor, expected=ONLY_STARTING,
-            container_id=handle.id, phase="waiting for Jupyter",
+            session_id,
+            None,
+            actor=ctx.actor,
+            expected=ONLY_STARTING,
+            container_id=handle.id,
+            phase="waiting for Jupyter",
         )
         timings["jupyter"] = wait_ready(
             _socket_path(ctx, session_id),
@@ -82,9 +86,14 @@ def start(ctx: WorkerContext, session_id: str) -> Session | None:
         )
         now = utcnow()
         session = ctx.store.transition(
-            session_id, SessionStatus.RUNNING, actor=ctx.actor, reason="ready",
+            session_id,
+            SessionStatus.RUNNING,
+            actor=ctx.actor,
+            reason="ready",
             url=ctx.settings.public_url.rstrip("/") + base_path(session_id) + "lab",
-            started_at=now, last_activity_at=now, phase=None,
+            started_at=now,
+            last_activity_at=now,
+            phase=None,
         )
     except Conflict:
         # The state moved under us (a stop arrived mid-start): remove whatever this start made.
@@ -99,20 +108,31 @@ def start(ctx: WorkerContext, session_id: str) -> Session | None:
         return _fail_start(ctx, session_id, "the notebook failed to start (internal error)", repr(exc), fields)
     timings["total"] = time.monotonic() - t0
     event(
-        log, "session.ready", **fields, adopted=handle.adopted,
+        log,
+        "session.ready",
+        **fields,
+        adopted=handle.adopted,
         **{f"{k}_s": round(v, 3) for k, v in timings.items()},
     )
     return session
 
 
-def _fail_start(ctx: WorkerContext, session_id: str, user_message: str, log_message: str, fields: dict) -> Session | None:
+def _fail_start(
+    ctx: WorkerContext, session_id: str, user_message: str, log_message: str, fields: dict
+) -> Session | None:
     _discard(ctx, session_id)
     event(log, "session.start_failed", level=logging.WARNING, **fields, error=log_message)
     try:
         return ctx.store.transition(
-            session_id, SessionStatus.ERROR, actor=ctx.actor, reason=StopReason.START_FAILED.value,
-            detail=user_message, error=user_message, stop_reason=StopReason.START_FAILED,
-            stopped_at=utcnow(), phase=None,
+            session_id,
+            SessionStatus.ERROR,
+            actor=ctx.actor,
+            reason=StopReason.START_FAILED.value,
+            detail=user_message,
+            error=user_message,
+            stop_reason=StopReason.START_FAILED,
+            stopped_at=utcnow(),
+            phase=None,
         )
     except (Conflict, NotFound):
         return ctx.store.get(session_id)
@@ -135,13 +155,27 @@ def stop(ctx: WorkerContext, session_id: str, actor: str, reason: str) -> Sessio
     hostfs.remove_rundir(ctx.settings, session_id)
     try:
         session = ctx.store.transition(
-            session_id, SessionStatus.STOPPED, actor=actor, reason=reason,
-            expected={SessionStatus.STOPPING}, stopped_at=utcnow(), stop_reason=_stop_reason(reason), phase=None,
+            session_id,
+            SessionStatus.STOPPED,
+            actor=actor,
+            reason=reason,
+            expected={SessionStatus.STOPPING},
+            stopped_at=utcnow(),
+            stop_reason=_stop_reason(reason),
+            phase=None,
         )
     except Conflict:
         session = ctx.store.get(session_id) or session
-    event(log, "session.stopped", session_id=session_id, user=session.user, host=ctx.settings.host_name,
-          actor=actor, reason=reason, stop_s=round(time.monotonic() - t0, 3))
+    event(
+        log,
+        "session.stopped",
+        session_id=session_id,
+        user=session.user,
+        host=ctx.settings.host_name,
+        actor=actor,
+        reason=reason,
+        stop_s=round(time.monotonic() - t0, 3),
+    )
     return session
 
 

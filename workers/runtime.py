@@ -82,8 +82,7 @@ def _docker_errors() -> Iterator[None]:
         yield
     except docker.errors.ImageNotFound as exc:
         raise StartFailed(
-            "the notebook image is missing on this Docker host; an operator must run "
-            "scripts/build-images.sh",
+            "the notebook image is missing on this Docker host; an operator must run scripts/build-images.sh",
             f"image not found: {exc.explanation}",
         ) from None
     except docker.errors.APIError as exc:
@@ -145,8 +144,7 @@ class DockerRuntime:
                 all=True, filters={"label": f"{LABEL_PREFIX}.instance={instance}"}
             )
         return [
-            ManagedContainer(id=c.id, name=c.name, state=_state_of(c.attrs), labels=dict(c.labels))
-            for c in containers
+            ManagedContainer(id=c.id, name=c.name, state=_state_of(c.attrs), labels=dict(c.labels)) for c in containers
         ]
 
     def stats_memory(self, name: str) -> int | None:

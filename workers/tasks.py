@@ -9,6 +9,7 @@ from functools import cache
 from celery import Task, shared_task
 
 from launcher.dispatch import CeleryDispatcher
+from launcher.errors import LauncherError
 from launcher.logs import event
 from launcher.models import SessionStatus, StopReason
 from launcher.settings import Settings
@@ -46,9 +47,16 @@ def stop_all(self: Task, actor: str) -> dict[str, int]:
     targets = []
     for session in ctx.store.list_live():
         try:
-            session = ctx.store.transition(session.id, SessionStatus.STOPPING, actor=actor, reason="admin",
-                                           stop_requested_by=actor, stop_reason=StopReason.ADMIN)
-        except Exception:  # already gone or moved on: nothing to ask
+            session = ctx.store.transition(
+                session.id,
+                SessionStatus.STOPPING,
+                actor=actor,
+                reason="admin",
+                stop_requested_by=actor,
+                stop_reason=StopReason.ADMIN,
+            )
+        except LauncherError as exc:  # already gone or moved on: nothing to ask
+            event(log, "sessions.stop_all_skipped", session_id=session.id, why=exc.log_message)
             continue
         dispatcher.stop(session, actor, "admin")
         targets.append(session.id)

@@ -39,34 +39,57 @@ def generate(out: Path, *, stocks: int, years: int, seed: int = 7, end_year: int
     no_trade = rng.random((n_days, stocks)) < 0.01
     vol = np.where(no_trade, 0, rng.lognormal(11, 1, (n_days, stocks)).astype(np.int64))
     prc_signed = np.where(no_trade, -prc, prc)
-    frame = pl.DataFrame({
-        "permno": np.tile(permnos, n_days).astype(np.int32),
-        "date": np.repeat(days.to_numpy(), stocks),
-        "prc": prc_signed.ravel(),
-        "ret": ret.ravel(),
-        "retx": retx.ravel(),
-        "vol": vol.ravel(),
-        "shrout": np.tile(rng.integers(5_000, 500_000, stocks), n_days).astype(np.int64),
-        "cfacpr": 1.0,
-        "cfacshr": 1.0,
-        "exchcd": np.tile(exchcd, n_days).astype(np.int8),
-        "shrcd": np.int8(11),
-        "siccd": np.tile(rng.integers(1000, 9999, stocks), n_days).astype(np.int16),
-    })
+    frame = pl.DataFrame(
+        {
+            "permno": np.tile(permnos, n_days).astype(np.int32),
+            "date": np.repeat(days.to_numpy(), stocks),
+            "prc": prc_signed.ravel(),
+            "ret": ret.ravel(),
+            "retx": retx.ravel(),
+            "vol": vol.ravel(),
+            "shrout": np.tile(rng.integers(5_000, 500_000, stocks), n_days).astype(np.int64),
+            "cfacpr": 1.0,
+            "cfacshr": 1.0,
+            "exchcd": np.tile(exchcd, n_days).astype(np.int8),
+            "shrcd": np.int8(11),
+            "siccd": np.tile(rng.integers(1000, 9999, stocks), n_days).astype(np.int16),
+        }
+    )
     crsp = out / "wrds" / "crsp"
     (crsp / "daily").mkdir(parents=True, exist_ok=True)
     for year, part in frame.group_by(pl.col("date").dt.year()):
         part.sort("date", "permno").write_parquet(crsp / "daily" / f"{year[0]}.parquet", compression="zstd")
-    pl.DataFrame({"permno": permnos, "namedt": start, "nameendt": date(end_year, 12, 31),
-                  "ticker": [f"S{p}" for p in permnos], "exchcd": exchcd, "shrcd": 11}).write_parquet(
-        crsp / "dsenames.parquet")
+    pl.DataFrame(
+        {
+            "permno": permnos,
+            "namedt": start,
+            "nameendt": date(end_year, 12, 31),
+            "ticker": [f"S{p}" for p in permnos],
+            "exchcd": exchcd,
+            "shrcd": 11,
+        }
+    ).write_parquet(crsp / "dsenames.parquet")
     ff = out / "wrds" / "ff"
     ff.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame({"date": days, "mktrf": mkt - 0.0001, "smb": rng.normal(0, 0.005, n_days),
-                  "hml": rng.normal(0, 0.005, n_days), "rf": 0.0001}).write_parquet(ff / "factors_daily.parquet")
+    pl.DataFrame(
+        {
+            "date": days,
+            "mktrf": mkt - 0.0001,
+            "smb": rng.normal(0, 0.005, n_days),
+            "hml": rng.normal(0, 0.005, n_days),
+            "rf": 0.0001,
+        }
+    ).write_parquet(ff / "factors_daily.parquet")
     (out / "analytics" / "backtests").mkdir(parents=True, exist_ok=True)
-    manifest = {"synthetic": True, "generator": "research.sampledata", "version": VERSION, "seed": seed,
-                "stocks": stocks, "years": years, "rows_crsp_daily": frame.height}
+    manifest = {
+        "synthetic": True,
+        "generator": "research.sampledata",
+        "version": VERSION,
+        "seed": seed,
+        "stocks": stocks,
+        "years": years,
+        "rows_crsp_daily": frame.height,
+    }
     (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 

@@ -1,0 +1,156 @@
+"""Benchmark: click-to-ready latency, concurrent launches, stop latency, idle session memory.
+
+    python bench/launch_latency.py [--launches 20] [--concurrent 5]
+
+Starts its own real stack (Redis, nginx entry point, Celery worker, notebook containers on the
+local Docker engine), measures, prints the figures and writes bench/results/launch.json.
+"Ready" means Jupyter answers /api/status *through the entry point* with the session's token:
+the moment a person clicking Open would get JupyterLab.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from launcher.models import Actor, SessionStatus  # noqa: E402
+from tests.stack import docker_client, start_redis, start_stack  # noqa: E402
+
+OPERATOR = Actor.operator("bench")
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    k = (len(values) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def launch_until_ready(stack, user: str, client: httpx.Client) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    session = stack.service.launch(stack.actor(user), "alpha_research")
+    token = session.token.get_secret_value()
+    url = f"{stack.base_url}/user/{session.id}/api/status"
+    while True:
+        try:
+            if client.get(url, headers={"Authorization": f"token {token}"}).status_code == 200:
+                return time.perf_counter() - t0, session.id
+        except httpx.HTTPError:
+            pass
+        current = stack.store.get(session.id)
+        if current.status == SessionStatus.ERROR:
+            raise SystemExit(f"launch failed: {current.error}")
+        time.sleep(0.01)
+
+
+def stop_and_time(stack, user: str, sid: str) -> float:
+    t0 = time.perf_counter()
+    stack.service.stop(OPERATOR, user)
+    stack.service.wait(OPERATOR, sid, {SessionStatus.STOPPED}, 60, poll=0.005)
+    return time.perf_counter() - t0
+
+
+def container_memory(stack, sid: str) -> dict[str, float]:
+    """RSS and PSS (MiB) summed over the container's processes, and the cgroup's usage less cache."""
+    [container] = stack.containers(session=sid)
+    pids = [int(row[1]) for row in container.top(ps_args="-eo user,pid")["Processes"]]
+    rss = pss = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss += int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss += int(line.split()[1])
+    cgroup = stack.runtime.stats_memory(container.name) or 0
+    return {"processes": len(pids), "rss_mib": rss / 1024, "pss_mib": pss / 1024, "cgroup_mib": cgroup / 2**20}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--launches", type=int, default=20)
+    ap.add_argument("--concurrent", type=int, default=5)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="nbl-bench-", dir="/tmp"))
+    work.chmod(0o755)
+    redis_proc, redis_url = start_redis(work)
+    stack = start_stack(work / "stack", redis_url, docker_client(), mem_limit="2g", cpus=2.0)
+    client = httpx.Client(timeout=5)
+    results: dict[str, object] = {}
+    try:
+        ready, stops = [], []
+        for i in range(args.launches):
+            latency, sid = launch_until_ready(stack, f"bench-{i}", client)
+            ready.append(latency)
+            if i == args.launches - 1:
+                time.sleep(5)  # let the idle server settle before measuring memory
+                results["idle_memory"] = container_memory(stack, sid)
+            stops.append(stop_and_time(stack, f"bench-{i}", sid))
+        results["click_to_ready_s"] = {
+            "n": len(ready),
+            "p50": statistics.median(ready),
+            "p95": pct(ready, 95),
+            "min": min(ready),
+            "max": max(ready),
+        }
+        results["stop_s"] = {"n": len(stops), "p50": statistics.median(stops), "p95": pct(stops, 95)}
+
+        per_session: list[float] = []
+        t0 = time.perf_counter()
+        threads = []
+        ids: dict[str, str] = {}
+
+        def one(i: int) -> None:
+            latency, sid = launch_until_ready(stack, f"conc-{i}", httpx.Client(timeout=5))
+            per_session.append(latency)
+            ids[f"conc-{i}"] = sid
+
+        for i in range(args.concurrent):
+            threads.append(threading.Thread(target=one, args=(i,)))
+            threads[-1].start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        results["concurrent"] = {
+            "n": args.concurrent,
+            "wall_until_all_ready_s": wall,
+            "slowest_s": max(per_session),
+            "fastest_s": min(per_session),
+        }
+        for user, sid in ids.items():
+            stop_and_time(stack, user, sid)
+    finally:
+        stack.stop_everything()
+        stack.shutdown()
+        redis_proc.stop()
+    r = results
+    print(
+        f"click-to-ready over {r['click_to_ready_s']['n']} sequential launches: "
+        f"p50 {r['click_to_ready_s']['p50']:.3f} s, p95 {r['click_to_ready_s']['p95']:.3f} s "
+        f"(min {r['click_to_ready_s']['min']:.3f}, max {r['click_to_ready_s']['max']:.3f})"
+    )
+    print(
+        f"{r['concurrent']['n']} concurrent launches: all ready after {r['concurrent']['wall_until_all_ready_s']:.3f} s"
+    )
+    print(f"stop latency: p50 {r['stop_s']['p50']:.3f} s, p95 {r['stop_s']['p95']:.3f} s")
+    m = r["idle_memory"]
+    print(
+        f"idle session memory: PSS {m['pss_mib']:.1f} MiB, RSS {m['rss_mib']:.1f} MiB, "
+        f"cgroup {m['cgroup_mib']:.1f} MiB over {m['processes']} processes"
+    )
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "launch.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

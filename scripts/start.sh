@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Start the whole product on this machine, with sample data: Redis, the entry point (nginx), a
+# Celery worker for this Docker host. Everything runs in the background; logs and PIDs are in
+# var/. Stop with scripts/stop.sh. Settings come from LAUNCHER_* variables (docs/configuration.md),
+# and from var/launcher.env when it exists.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+mkdir -p var/log var/run
+[[ -f var/launcher.env ]] && { set -a; source var/launcher.env; set +a; }
+export LAUNCHER_REDIS_URL=${LAUNCHER_REDIS_URL:-redis://127.0.0.1:6379/0}
+export LAUNCHER_ENTRYPOINT_LISTEN=${LAUNCHER_ENTRYPOINT_LISTEN:-127.0.0.1:8080}
+export LAUNCHER_PUBLIC_URL=${LAUNCHER_PUBLIC_URL:-http://${LAUNCHER_ENTRYPOINT_LISTEN}}
+export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
+log() { printf '[start] %s\n' "$*" >&2; }
+
+[[ "${SKIP_INSTALL:-0}" == 1 ]] || scripts/install.sh
+scripts/build-images.sh
+
+data=${LAUNCHER_DATA_DIR:-$root/var/data}
+if [[ ! -f $data/MANIFEST.json ]]; then
+  log "generating sample data (${SAMPLE_PRESET:-ci} preset) into $data"
+  mkdir -p "$data" && chown 1000:1000 "$data"
+  docker run --rm --network none -u 1000:1000 -v "$root/notebooks/lib:/opt/research:ro" \
+    -e PYTHONPATH=/opt/research -v "$data:/out" launcher-notebook:latest \
+    python3 -m research.sampledata --preset "${SAMPLE_PRESET:-ci}" --out /out >/dev/null
+fi
+
+running() { [[ -f var/run/$1.pid ]] && kill -0 "$(cat "var/run/$1.pid")" 2>/dev/null; }
+launch() {  # name, command...
+  local name=$1; shift
+  if running "$name"; then log "$name already running (pid $(cat "var/run/$name.pid"))"; return; fi
+  setsid "$@" >>"var/log/$name.log" 2>&1 < /dev/null &
+  echo $! >"var/run/$name.pid"
+  log "$name started (pid $!, log var/log/$name.log)"
+}
+
+read -r redis_host redis_port < <(python3 -c "import os,urllib.parse as u; p=u.urlparse(os.environ['LAUNCHER_REDIS_URL']); print(p.hostname, p.port or 6379)")
+# Start a local Redis only when the configured one is local and not answering (another host shares the first host's).
+if [[ $redis_host =~ ^(127\.0\.0\.1|localhost)$ ]] && ! redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
+  mkdir -p var/redis
+  launch redis redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$root/var/redis" --appendonly yes
+  for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+launch entrypoint python3 -m launcher.entrypoint run --prefix "$root/var/entrypoint"
+host=$(python3 -c "from launcher.settings import Settings; print(Settings().host_queue)")
+launch worker python3 -m celery -A workers.app worker -Q "$host,launcher" -P threads \
+  -c "${LAUNCHER_WORKER_CONCURRENCY:-8}" -n "worker-${LAUNCHER_HOST_NAME:-local}@%h" --loglevel INFO
+
+for _ in $(seq 100); do grep -q "ready." var/log/worker.log 2>/dev/null && break; sleep 0.2; done
+log "entry point: $LAUNCHER_PUBLIC_URL   (launch with: launcher start --user alice --template alpha_research --wait)"

@@ -1,0 +1,213 @@
+"""The real per-host stack for tests and benchmarks: Redis, nginx entry point, Celery worker.
+
+Every process is ours, on loopback, stopped by its PID; containers are found by our instance label.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import string
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import redis
+
+from launcher.dispatch import CeleryDispatcher
+from launcher.entrypoint import write_config
+from launcher.errors import LauncherError
+from launcher.models import Actor, Role
+from launcher.service import LauncherService
+from launcher.settings import REPO_ROOT, Settings
+from launcher.spec import LABEL_PREFIX
+from launcher.store import SessionStore
+from tests.helpers import Proc, free_port, spawn, wait_for
+from workers.runtime import DockerRuntime
+
+DEFAULT_IMAGE = "launcher-notebook:latest"
+
+
+def random_instance() -> str:
+    return "t" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(7))
+
+
+def docker_client(image: str = DEFAULT_IMAGE) -> docker.DockerClient:
+    client = docker.from_env(timeout=30)
+    client.ping()
+    client.images.get(image)
+    return client
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def start_redis(folder: Path) -> tuple[Proc, str]:
+    """A redis-server of our own on a free loopback port."""
+    port = free_port()
+    proc = spawn(
+        "redis",
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        folder / "redis.log",
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    wait_for(lambda: _pings(redis.Redis.from_url(url)), 10, "redis-server")
+    return proc, url
+
+
+def make_sample_data(dest: Path, image: str = DEFAULT_IMAGE, preset: str = "ci") -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    os.chown(dest, 1000, 1000)
+    subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-u",
+            "1000:1000",
+            "-v",
+            f"{REPO_ROOT / 'notebooks' / 'lib'}:/opt/research:ro",
+            "-e",
+            "PYTHONPATH=/opt/research",
+            "-v",
+            f"{dest}:/out",
+            image,
+            "python3",
+            "-m",
+            "research.sampledata",
+            "--preset",
+            preset,
+            "--out",
+            "/out",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def start_worker(settings: Settings, log: Path, name: str) -> Proc:
+    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO_ROOT)}
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "-Q",
+        f"{settings.host_queue},launcher",
+        "-P",
+        "threads",
+        "-c",
+        str(settings.worker_concurrency),
+        "-n",
+        f"{name}@%h",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    proc = spawn(name, argv, log, env=env, cwd=REPO_ROOT)
+    wait_for(lambda: "ready." in proc.tail(200) or not proc.alive(), 60, f"worker {name}")
+    assert proc.alive(), proc.tail()
+    return proc
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    store: SessionStore
+    service: LauncherService
+    runtime: DockerRuntime
+    docker: docker.DockerClient
+    base_url: str
+    worker: Proc
+    nginx: Proc
+    workdir: Path
+    redis_url: str
+
+    def actor(self, name: str, role: Role = Role.RESEARCHER) -> Actor:
+        return Actor(name=name, role=role)
+
+    def containers(self, **labels: str) -> list:
+        filters = [f"{LABEL_PREFIX}.instance={self.settings.instance}"]
+        filters += [f"{LABEL_PREFIX}.{k}={v}" for k, v in labels.items()]
+        return self.docker.containers.list(all=True, filters={"label": filters})
+
+    def stop_everything(self) -> None:
+        admin = Actor.operator("test-cleanup")
+        for session in self.store.list_live():
+            with contextlib.suppress(LauncherError):  # best effort between tests
+                self.service.stop(admin, session.user)
+        wait_for(lambda: self.store.count_live() == 0, 60, "all sessions to stop")
+
+    def shutdown(self) -> None:
+        for container in self.containers():
+            container.remove(force=True)
+        self.worker.stop()
+        self.nginx.stop()
+
+
+def start_stack(base: Path, redis_url: str, client: docker.DockerClient, **overrides: Any) -> Stack:
+    """Sample data, nginx and a worker for one host, with limits small enough for tests."""
+    base.mkdir(mode=0o755)
+    base.chmod(0o755)
+    port = free_port()
+    values: dict[str, Any] = {
+        "instance": random_instance(),
+        "redis_url": redis_url,
+        "data_dir": base / "data",
+        "workspaces_dir": base / "workspaces",
+        "sessions_dir": base / "sessions",
+        "public_url": f"http://127.0.0.1:{port}",
+        "entrypoint_listen": f"127.0.0.1:{port}",
+        "cpus": 1.0,
+        "mem_limit": "1g",
+        "pids_limit": 256,
+        "tmp_size": "256m",
+        "start_timeout_s": 90,
+        "stop_timeout_s": 2,
+        "broker_visibility_timeout_s": 30,
+    }
+    settings = Settings(**{**values, **overrides})
+    make_sample_data(settings.data_dir, settings.notebook_image)
+    settings.sessions_dir.mkdir(mode=0o711)
+    conf = write_config(settings, base / "nginx")
+    nginx = spawn("nginx", ["nginx", "-c", str(conf), "-p", str(base / "nginx")], base / "nginx.out")
+    wait_for(lambda: _http_ok(f"{settings.public_url}/healthz"), 15, "nginx entry point")
+    worker = start_worker(settings, base / "worker.log", f"w-{settings.instance}")
+    store = SessionStore.from_settings(settings)
+    service = LauncherService(settings, store, CeleryDispatcher.from_settings(settings))
+    return Stack(
+        settings, store, service, DockerRuntime(client), client, settings.public_url, worker, nginx, base, redis_url
+    )

@@ -1,0 +1,75 @@
+"""The operator CLI, run as a subprocess against the real stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from launcher.settings import REPO_ROOT
+
+pytestmark = pytest.mark.docker
+
+
+def cli(stack, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **stack.settings.to_env()}
+    return subprocess.run(
+        [sys.executable, "-m", "launcher.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=240,
+    )
+
+
+def test_cli_start_status_stop(clean_stack):
+    """start --wait --json gives the record with url and open_url; status hides the token; stop stops."""
+    st = clean_stack
+    res = cli(st, "start", "--user", "cli-user", "--template", "alpha_research", "--wait", "--json")
+    assert res.returncode == 0, res.stderr
+    record = json.loads(res.stdout)
+    assert record["status"] == "running" and record["container_id"] and record["user"] == "cli-user"
+    assert record["url"].endswith(f"/user/{record['id']}/lab") and "token" not in record["url"]
+    token = record["open_url"].split("token=", 1)[1]
+    assert httpx.get(record["open_url"], timeout=30).status_code == 200
+
+    status = cli(st, "status", "--user", "cli-user", "--json")
+    assert status.returncode == 0 and token not in status.stdout
+    assert json.loads(status.stdout)["status"] == "running"
+    listing = cli(st, "status")
+    assert "cli-user" in listing.stdout and token not in listing.stdout
+
+    again = cli(st, "start", "--user", "cli-user", "--template", "alpha_research")
+    assert again.returncode == 4 and "already has a live notebook session" in again.stderr
+
+    stop = cli(st, "stop", "--user", "cli-user", "--wait", "--json")
+    assert stop.returncode == 0, stop.stderr
+    assert json.loads(stop.stdout)["status"] == "stopped"
+    missing = cli(st, "stop", "--user", "cli-user")
+    assert (
+        missing.returncode == 6 and missing.stderr.strip() == "launcher: error: cli-user has no live notebook session"
+    )
+
+    audit = cli(st, "audit", "--user", "cli-user")
+    assert audit.returncode == 0 and "stopped" in audit.stdout and token not in audit.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["start", "--user", "../x", "--template", "alpha_research"], 2, "invalid user id"),
+        (["start", "--user", "ok", "--template", "../alpha_research"], 2, "invalid template name"),
+        (["start", "--user", "ok", "--template", "nope"], 2, "unknown template 'nope'"),
+    ],
+)
+def test_cli_bad_input_exits_nonzero_with_one_line(clean_stack, args, code, message):
+    """Bad input exits with the error's code and one line on stderr, creating nothing."""
+    res = cli(clean_stack, *args)
+    assert res.returncode == code
+    assert len(res.stderr.strip().splitlines()) == 1 and message in res.stderr
+    assert clean_stack.store.count_live() == 0

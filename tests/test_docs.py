@@ -1,0 +1,33 @@
+"""The docs keep up with the code: every setting documented, the README's commands are the real ones."""
+
+from pathlib import Path
+
+from launcher.settings import REPO_ROOT, Settings
+
+
+def test_every_setting_is_documented():
+    """Each settings field appears as LAUNCHER_<NAME> in docs/configuration.md."""
+    text = (REPO_ROOT / "docs" / "configuration.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`LAUNCHER_{name.upper()}`" not in text]
+    assert missing == []
+
+
+def test_readme_test_command_is_what_ci_runs():
+    """The README's test command is the one .ci/run executes, and it is the one that requires Docker."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "make test" in readme and "\nmake test\n" in ci
+    assert "LAUNCHER_REQUIRE_DOCKER=1" in makefile
+
+
+def test_production_refuses_default_secrets(monkeypatch):
+    """In production mode the development secrets make settings invalid."""
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="LAUNCHER_FLOWER_PASSWORD must be set"):
+        Settings(mode="production", cookie_secret="x" * 32)
+    ok = Settings(mode="production", cookie_secret="x" * 32, flower_password="y" * 20)
+    assert ok.mode == "production"
+    assert Path(ok.templates_dir).is_dir()

@@ -1,0 +1,57 @@
+"""Worker lifecycle logic with the in-memory runtime: failures clean up, repeats are harmless."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from launcher.errors import StartFailed
+from launcher.models import Session, SessionStatus, new_session_id, new_token
+from launcher.store import SessionStore
+from workers import lifecycle
+from workers.runtime import FakeRuntime
+
+
+@pytest.fixture
+def ctx(unit_settings):
+    store = SessionStore(fakeredis.FakeRedis(decode_responses=True), unit_settings)
+    return lifecycle.WorkerContext(unit_settings, store, FakeRuntime())
+
+
+def reserve(ctx, user="ann"):
+    return ctx.store.reserve(
+        Session(id=new_session_id(), user=user, template="alpha_research", token=new_token()), actor=user
+    )
+
+
+def test_failed_start_ends_in_error_and_leaves_nothing(ctx):
+    """A start the engine refuses ends in error with the person-facing reason; no container, no folder."""
+    s = reserve(ctx)
+    ctx.runtime.fail_next_start = StartFailed("the notebook image is missing on this Docker host")
+    result = lifecycle.start(ctx, s.id)
+    assert result.status == SessionStatus.ERROR
+    assert result.error == "the notebook image is missing on this Docker host"
+    assert ctx.runtime.containers == {}
+    assert not (ctx.settings.sessions_dir / s.id).exists()
+    assert ctx.store.live_session_for("ann") is None  # the user may try again
+
+
+def test_start_that_never_answers_is_cleaned_up(ctx):
+    """A container whose Jupyter never answers is removed and the session ends in error."""
+    ctx.settings = ctx.settings.model_copy(update={"start_timeout_s": 0.3})
+    s = reserve(ctx)
+    result = lifecycle.start(ctx, s.id)
+    assert result.status == SessionStatus.ERROR and "did not answer within" in result.error
+    assert ctx.runtime.containers == {}
+
+
+def test_stop_is_idempotent_and_start_after_stop_does_nothing(ctx):
+    """Stopping twice is harmless; a start delivered after a stop creates nothing."""
+    s = reserve(ctx)
+    ctx.store.transition(s.id, SessionStatus.STOPPING, actor="ann", reason="user")
+    first = lifecycle.stop(ctx, s.id, "ann", "user")
+    second = lifecycle.stop(ctx, s.id, "ann", "user")
+    assert first.status == second.status == SessionStatus.STOPPED and first.stop_reason == "user"
+    late = lifecycle.start(ctx, s.id)
+    assert late.status == SessionStatus.STOPPED and ctx.runtime.containers == {}
+    assert [e.action for e in ctx.store.audit(user="ann")].count("stopped") == 1

@@ -1,0 +1,98 @@
+"""The service against a real Redis: bad input and refusals change nothing."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from launcher.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+from launcher.models import Actor, Role, SessionStatus
+from launcher.service import LauncherService
+from launcher.store import SessionStore
+from tests.helpers import RecordingDispatcher
+
+
+@pytest.fixture
+def svc(unit_settings, redis_url):
+    settings = unit_settings.model_copy(update={"redis_url": redis_url})
+    store = SessionStore(redis.Redis.from_url(redis_url, decode_responses=True), settings)
+    return LauncherService(settings, store, RecordingDispatcher())
+
+
+def keys(svc) -> list[str]:
+    return sorted(svc.store.redis.keys(svc.store.prefix + "*"))
+
+
+ANN = Actor(name="ann", role=Role.RESEARCHER)
+ADMIN = Actor(name="root-admin", role=Role.ADMIN)
+VIEWER = Actor(name="vic", role=Role.VIEWER)
+
+
+@pytest.mark.parametrize(
+    ("user", "template", "message"),
+    [
+        ("../x", "alpha_research", "invalid user id"),
+        ("a/b", "alpha_research", "invalid user id"),
+        ("", "alpha_research", "invalid user id"),
+        ("x" * 300, "alpha_research", "invalid user id"),
+        ("bob", "no_such_template", "unknown template"),
+        ("bob", "../alpha_research", "invalid template name"),
+        ("bob", "../../../etc/passwd", "invalid template name"),
+    ],
+)
+def test_bad_input_is_refused_and_creates_nothing(svc, user, template, message):
+    """Malformed users and templates raise InvalidRequest; no key, no folder, no task."""
+    with pytest.raises(InvalidRequest, match=message):
+        svc.launch(ADMIN, template, user=user)
+    assert keys(svc) == []
+    assert svc.dispatcher.sent == []
+    assert not svc.settings.workspaces_dir.exists()
+
+
+def test_viewer_is_refused_by_the_service(svc):
+    """A viewer calling the service directly gets PermissionDenied, nothing recorded."""
+    with pytest.raises(PermissionDenied, match="lacks LAUNCH_NOTEBOOKS"):
+        svc.launch(VIEWER, "alpha_research")
+    with pytest.raises(PermissionDenied):
+        svc.stop_all(VIEWER)
+    with pytest.raises(PermissionDenied):
+        svc.list_sessions(ANN)
+    assert keys(svc) == []
+
+
+def test_researcher_cannot_launch_or_stop_for_others(svc):
+    """Researchers act only on their own session."""
+    with pytest.raises(PermissionDenied):
+        svc.launch(ANN, "alpha_research", user="bob")
+    svc.launch(ADMIN, "alpha_research", user="bob")
+    with pytest.raises(PermissionDenied):
+        svc.stop(ANN, "bob")
+
+
+def test_second_launch_while_starting_is_a_conflict(svc):
+    """A second launch while the first is queued or starting is refused; one start is enqueued."""
+    first = svc.launch(ANN, "alpha_research")
+    svc.store.transition(first.id, SessionStatus.STARTING, actor="w")
+    with pytest.raises(Conflict, match="already has a live notebook session"):
+        svc.launch(ANN, "factor_analysis")
+    assert [m[0] for m in svc.dispatcher.sent] == ["start"]
+
+
+def test_stop_of_missing_session_is_not_found(svc):
+    """Stopping a session that is not there says so and changes nothing."""
+    with pytest.raises(NotFound, match="ann has no live notebook session"):
+        svc.stop(ANN)
+    with pytest.raises(NotFound):
+        svc.stop(ADMIN, session_id="zzzzzzzzzzzz")
+    assert keys(svc) == [] and svc.dispatcher.sent == []
+
+
+def test_admin_stop_records_admin_reason_and_redacts_token(svc):
+    """An admin stopping another user's session is recorded as 'admin'; the admin never sees the token."""
+    mine = svc.launch(ANN, "alpha_research")
+    assert mine.token.get_secret_value()
+    stopped = svc.stop(ADMIN, "ann")
+    assert stopped.status == SessionStatus.STOPPING and stopped.stop_reason == "admin"
+    assert stopped.token.get_secret_value() == ""
+    assert svc.dispatcher.sent[-1] == ("stop", mine.id, "root-admin", "admin")
+    assert all(s.token.get_secret_value() == "" for s in svc.list_sessions(ADMIN))

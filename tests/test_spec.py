@@ -1,0 +1,99 @@
+"""The container spec is a pure function, checked against a literal dict."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from launcher.models import Session
+from launcher.settings import Settings
+from launcher.spec import build_container_spec, container_name
+
+
+def test_container_spec_literal(tmp_path):
+    """Mounts, env, limits, labels and security options are exactly what isolation needs."""
+    settings = Settings(
+        instance="nbl",
+        data_dir=Path("/srv/data"),
+        templates_dir=Path("/srv/tpl"),
+        library_dir=Path("/srv/lib"),
+        notebook_image="img:1",
+        cpus=2.0,
+        mem_limit="8g",
+        pids_limit=512,
+        tmp_size="1g",
+    )
+    session = Session(
+        id="abcdefghij12",
+        user="ann",
+        template="alpha_research",
+        host="h1",
+        token=SecretStr("tok"),
+        created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    )
+    spec = build_container_spec(session, settings, workspace=Path("/w/ann"), rundir=Path("/s/abcdefghij12"))
+    assert spec == {
+        "image": "img:1",
+        "name": "nbl-nb-abcdefghij12",
+        "command": [
+            "python3",
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ServerApp.sock=/run/nb/jupyter.sock",
+            "--ServerApp.sock_mode=0660",
+            "--ServerApp.base_url=/user/abcdefghij12/",
+            "--ServerApp.root_dir=/home/jovyan/work",
+            "--ServerApp.allow_remote_access=True",
+            "--LabApp.extension_manager=readonly",
+            "--LabApp.news_url=",
+            "--ServerApp.shutdown_no_activity_timeout=0",
+        ],
+        "labels": {
+            "io.nblauncher.instance": "nbl",
+            "io.nblauncher.session": "abcdefghij12",
+            "io.nblauncher.user": "ann",
+            "io.nblauncher.template": "alpha_research",
+            "io.nblauncher.host": "h1",
+            "io.nblauncher.created": "2026-01-02T03:04:05+00:00",
+        },
+        "user": "1000:1000",
+        "working_dir": "/home/jovyan/work",
+        "hostname": "nb-abcdefghij12",
+        "environment": {
+            "JUPYTER_TOKEN": "tok",
+            "PYTHONPATH": "/opt/research",
+            "DATA_PATH": "/data",
+            "USER_ID": "ann",
+            "HOME": "/home/jovyan",
+            "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
+        },
+        "volumes": {
+            "/srv/data": {"bind": "/data", "mode": "ro"},
+            "/srv/tpl": {"bind": "/templates", "mode": "ro"},
+            "/srv/lib": {"bind": "/opt/research", "mode": "ro"},
+            "/w/ann": {"bind": "/home/jovyan/work", "mode": "rw"},
+            "/s/abcdefghij12": {"bind": "/run/nb", "mode": "rw"},
+        },
+        "tmpfs": {
+            "/tmp": "rw,nosuid,nodev,size=1g,mode=1777",
+            "/home/jovyan": "rw,nosuid,nodev,size=1g,uid=1000,gid=1000,mode=0700",
+        },
+        "read_only": True,
+        "network_mode": "none",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "nano_cpus": 2_000_000_000,
+        "mem_limit": "8g",
+        "memswap_limit": "8g",
+        "pids_limit": 512,
+        "init": False,
+        "restart_policy": {"Name": "no"},
+        "stop_signal": "SIGTERM",
+    }
+
+
+def test_container_name_derives_from_session_id():
+    """The same session always maps to the same container name (retries adopt, never duplicate)."""
+    s = Settings(instance="abc")
+    assert container_name(s, "x1y2z3x1y2z3") == container_name(s, "x1y2z3x1y2z3") == "abc-nb-x1y2z3x1y2z3"
