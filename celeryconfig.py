@@ -23,7 +23,7 @@ def build(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_default_queue": "launcher",
+        "task_default_queue": settings.control_queue,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -33,4 +33,30 @@ def build(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "timezone": "UTC",
         "worker_hijack_root_logger": False,
+        "beat_schedule": beat_schedule(settings),
     }
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Heartbeat and reconcile run on every host's own queue; reap runs once, on the control queue.
+
+    Each entry expires after one interval: a backlog of stale sweeps is dropped, not replayed.
+    """
+    schedule: dict[str, dict[str, Any]] = {
+        "reap": {
+            "task": "workers.tasks.reap",
+            "schedule": settings.reap_interval_s,
+            "options": {"queue": settings.control_queue, "expires": settings.reap_interval_s},
+        }
+    }
+    for host in settings.hosts:
+        for name, interval in (
+            ("heartbeat", settings.heartbeat_interval_s),
+            ("reconcile", settings.reconcile_interval_s),
+        ):
+            schedule[f"{name}-{host}"] = {
+                "task": f"workers.tasks.{name}",
+                "schedule": interval,
+                "options": {"queue": settings.queue_for_host(host), "expires": interval},
+            }
+    return schedule

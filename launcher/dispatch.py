@@ -12,9 +12,8 @@ from celery import Celery
 
 from launcher.errors import RuntimeUnavailable
 from launcher.models import Session
-from launcher.settings import Settings, queue_for_host
+from launcher.settings import Settings
 
-CONTROL_QUEUE = "launcher"
 START_TASK = "workers.tasks.start_session"
 STOP_TASK = "workers.tasks.stop_session"
 STOP_ALL_TASK = "workers.tasks.stop_all"
@@ -39,8 +38,9 @@ def _broker_errors() -> Iterator[None]:
 class CeleryDispatcher:
     """Sends tasks by name: starts and stops to the owning host's queue, stop-all to the control queue."""
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, settings: Settings) -> None:
         self.app = app
+        self.settings = settings
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CeleryDispatcher:
@@ -48,18 +48,20 @@ class CeleryDispatcher:
 
         app = Celery("launcher-producer")
         app.conf.update(build(settings))
-        return cls(app)
+        return cls(app, settings)
 
     def start(self, session: Session) -> None:
         assert session.host is not None, "a reserved session always has a host"
         with _broker_errors():
-            self.app.send_task(START_TASK, args=[session.id], queue=queue_for_host(session.host))
+            self.app.send_task(START_TASK, args=[session.id], queue=self.settings.queue_for_host(session.host))
 
     def stop(self, session: Session, actor: str, reason: str) -> None:
         assert session.host is not None
         with _broker_errors():
-            self.app.send_task(STOP_TASK, args=[session.id, actor, reason], queue=queue_for_host(session.host))
+            self.app.send_task(
+                STOP_TASK, args=[session.id, actor, reason], queue=self.settings.queue_for_host(session.host)
+            )
 
     def stop_all(self, actor: str) -> str:
         with _broker_errors():
-            return self.app.send_task(STOP_ALL_TASK, args=[actor], queue=CONTROL_QUEUE).id
+            return self.app.send_task(STOP_ALL_TASK, args=[actor], queue=self.settings.control_queue).id

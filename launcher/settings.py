@@ -105,10 +105,24 @@ class Settings(BaseSettings):
                     raise ValueError(f"LAUNCHER_{name.upper()} must be set to a real secret in production mode")
         return self
 
+    def queue_for_host(self, host: str) -> str:
+        """The Celery queue of one Docker host's worker (named per instance: installations may share a Redis)."""
+        return f"{self.instance}.host.{host}"
+
     @property
     def host_queue(self) -> str:
         """The Celery queue this host's worker consumes."""
-        return queue_for_host(self.host_name)
+        return self.queue_for_host(self.host_name)
+
+    @property
+    def control_queue(self) -> str:
+        """The queue of tasks any worker may run (stop-all, reap)."""
+        return f"{self.instance}.control"
+
+    @property
+    def worker_queues(self) -> str:
+        """The ``-Q`` argument for this host's worker."""
+        return f"{self.host_queue},{self.control_queue}"
 
     def to_env(self) -> dict[str, str]:
         """The ``LAUNCHER_*`` environment that reproduces these settings in a child process."""
@@ -124,7 +138,3 @@ class Settings(BaseSettings):
                 value = "true" if value else "false"
             env[f"LAUNCHER_{name.upper()}"] = str(value)
         return env
-
-
-def queue_for_host(host: str) -> str:
-    return f"host.{host}"

@@ -20,10 +20,11 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from pydantic import TypeAdapter
 
 from launcher.errors import Conflict, LimitReached, NotFound, RuntimeUnavailable
 from launcher.models import (
@@ -70,7 +71,13 @@ _TRANSITION = """
 -- KEYS: 1 session, 2 live, 3 audit
 -- ARGV: 1 expected statuses (comma separated), 2 new status ('' keeps it), 3 patch json,
 --       4 actor, 5 reason, 6 now iso, 7 ttl of terminal records, 8 audit maxlen, 9 key prefix,
---       10 detail, 11 audit action ('' writes no audit entry)
+--       10 detail, 11 audit action ('' writes no audit entry), 12 json of timestamp fields that
+--       are set only when newer than the stored value (ISO-8601 UTC, compared after normalising)
+local function norm(t)
+  if type(t) ~= 'string' then return '' end
+  if not string.find(t, '%.') then t = string.gsub(t, 'Z$', '.000000Z') end
+  return t
+end
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {'missing', ''} end
 local s = cjson.decode(raw)
@@ -81,6 +88,9 @@ for st in string.gmatch(ARGV[1], '[^,]+') do
 end
 if not allowed then return {'conflict', raw} end
 for k, v in pairs(cjson.decode(ARGV[3])) do s[k] = v end
+for k, v in pairs(cjson.decode(ARGV[12])) do
+  if norm(v) > norm(s[k]) then s[k] = v end
+end
 local new = ARGV[2]
 if new ~= '' then s['status'] = new end
 local enc = cjson.encode(s)
@@ -106,6 +116,27 @@ end
 return {'ok', enc}
 """
 
+_ADOPT = """
+-- Re-register a running container's session that Redis lost (reconcile).
+-- KEYS: 1 session, 2 user lock, 3 live, 4 host live, 5 audit, 6 recent, 7 user last
+-- ARGV: 1 session json, 2 sid, 3 audit maxlen, 4 now iso, 5 actor, 6 created epoch
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists', ''} end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[2] then return {'user_busy', holder} end
+local s = cjson.decode(ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[7], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[2])
+redis.call('ZADD', KEYS[6], ARGV[6], ARGV[2])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*',
+  'session_id', ARGV[2], 'user', s['user'], 'template', s['template'], 'host', s['host'],
+  'action', 'adopted', 'previous', '', 'actor', ARGV[5], 'reason', 'reconcile', 'detail', '',
+  'time', ARGV[4])
+return {'ok', ''}
+"""
+
 # Which statuses a session may be in before it moves to each status.
 PREDECESSORS: dict[SessionStatus, frozenset[SessionStatus]] = {
     SessionStatus.STARTING: frozenset({SessionStatus.QUEUED, SessionStatus.STARTING}),
@@ -126,9 +157,12 @@ def _redis_errors() -> Iterator[None]:
         ) from None
 
 
+_DATETIME = TypeAdapter(datetime)
+
+
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
+    if isinstance(value, datetime):  # the same text form the model stores, so Lua can compare them
+        return _DATETIME.dump_python(value.astimezone(UTC), mode="json")
     if hasattr(value, "value"):  # enums
         return value.value
     return value
@@ -143,6 +177,7 @@ class SessionStore:
         self.prefix = f"{settings.instance}:"
         self._reserve = client.register_script(_RESERVE)
         self._transition = client.register_script(_TRANSITION)
+        self._adopt = client.register_script(_ADOPT)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SessionStore:
@@ -218,12 +253,14 @@ class SessionStore:
         expected: Iterable[SessionStatus] | None = None,
         detail: str = "",
         audit_action: str | None = None,
+        newer: dict[str, datetime] | None = None,
         **patch: Any,
     ) -> Session:
         """Compare-and-set: move the session to ``to`` (or only patch it, when ``to`` is None).
 
         The move happens only if the current status is in ``expected`` (default: the allowed
-        predecessors of ``to``). Raises ``NotFound`` or ``Conflict``; the record is unchanged then.
+        predecessors of ``to``). Fields in ``newer`` are set only when later than the stored value.
+        Raises ``NotFound`` or ``Conflict``; the record is unchanged then.
         """
         if expected is None:
             if to is None:
@@ -243,6 +280,7 @@ class SessionStore:
             self.prefix,
             detail,
             audit_action,
+            json.dumps({k: _jsonable(v) for k, v in (newer or {}).items()}),
         ]
         keys = [self._k("session", session_id), self._k("live"), self._k("audit")]
         with _redis_errors():
@@ -254,6 +292,30 @@ class SessionStore:
             want = to.value if to else "update"
             raise Conflict(f"session {session_id} is {session.status.value}; cannot {want} it")
         return session
+
+    def adopt(self, session: Session, *, actor: str) -> bool:
+        """Record a session rebuilt from a live container. False when its user holds another session."""
+        assert session.host is not None
+        keys = [
+            self._k("session", session.id),
+            self._k("user", session.user),
+            self._k("live"),
+            self._k("host", session.host, "live"),
+            self._k("audit"),
+            self._k("recent"),
+            self._k("user", session.user, "last"),
+        ]
+        args = [
+            session.to_storage(),
+            session.id,
+            self._settings.audit_maxlen,
+            utcnow().isoformat(),
+            actor,
+            session.created_at.timestamp(),
+        ]
+        with _redis_errors():
+            verdict, _ = self._adopt(keys=keys, args=args)
+        return verdict in ("ok", "exists")
 
     # -- reads ------------------------------------------------------------------------------
     def get(self, session_id: str) -> Session | None:

@@ -43,8 +43,8 @@ if [[ $redis_host =~ ^(127\.0\.0\.1|localhost)$ ]] && ! redis-cli -p "$redis_por
   for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 launch entrypoint python3 -m launcher.entrypoint run --prefix "$root/var/entrypoint"
-host=$(python3 -c "from launcher.settings import Settings; print(Settings().host_queue)")
-launch worker python3 -m celery -A workers.app worker -Q "$host,launcher" -P threads \
+queues=$(python3 -c "from launcher.settings import Settings; print(Settings().worker_queues)")
+launch worker python3 -m celery -A workers.app worker -Q "$queues" -P threads \
   -c "${LAUNCHER_WORKER_CONCURRENCY:-8}" -n "worker-${LAUNCHER_HOST_NAME:-local}@%h" --loglevel INFO
 
 for _ in $(seq 100); do grep -q "ready." var/log/worker.log 2>/dev/null && break; sleep 0.2; done

@@ -118,7 +118,7 @@ def start_worker(settings: Settings, log: Path, name: str) -> Proc:
         "workers.app",
         "worker",
         "-Q",
-        f"{settings.host_queue},launcher",
+        settings.worker_queues,
         "-P",
         "threads",
         "-c",

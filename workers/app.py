@@ -36,8 +36,10 @@ def _resume_unfinished(sender=None, **_: object) -> None:
     from workers.tasks import context
 
     ctx = context()
+    counts = lifecycle.reconcile(ctx)
+    event(log, "worker.reconciled", host=ctx.settings.host_name, **counts)
     starting, stopping = lifecycle.unfinished(ctx)
-    dispatcher = CeleryDispatcher(app)
+    dispatcher = CeleryDispatcher(app, ctx.settings)
     for sid in starting:
         app.send_task("workers.tasks.start_session", args=[sid], queue=ctx.settings.host_queue)
     for sid in stopping:

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 
+from launcher.dispatch import Dispatcher
 from launcher.errors import Conflict, LauncherError, NotFound
 from launcher.jupyter import wait_ready
 from launcher.logs import event
 from launcher.models import Session, SessionStatus, StopReason, utcnow
+from launcher.policy import ReapPolicy, Verdict, should_reap
 from launcher.settings import Settings
-from launcher.spec import JUPYTER_SOCKET, base_path, build_container_spec, container_name
+from launcher.spec import JUPYTER_SOCKET, LABEL_PREFIX, base_path, build_container_spec, container_name
 from launcher.store import SessionStore
+from launcher.validation import validate_template_name, validate_user_id
 from workers import hostfs
+from workers.activity import probe
 from workers.runtime import ContainerState, Runtime
 
 log = logging.getLogger("launcher.worker")
@@ -193,3 +199,178 @@ def unfinished(ctx: WorkerContext) -> tuple[list[str], list[str]]:
         [s.id for s in live if s.status == SessionStatus.STARTING],
         [s.id for s in live if s.status == SessionStatus.STOPPING],
     )
+
+
+# -- heartbeat, reap, reconcile ------------------------------------------------------------------
+
+_DEATH = {
+    ContainerState.OOM_KILLED: (StopReason.OOM, "the notebook was stopped: it ran out of memory (its limit is {mem})"),
+    ContainerState.EXITED: (StopReason.DIED, "the notebook container exited unexpectedly"),
+    ContainerState.MISSING: (StopReason.LOST, "the notebook container disappeared"),
+}
+
+
+def mark_dead(ctx: WorkerContext, session: Session, state: ContainerState) -> Session | None:
+    """A running session whose container is gone: record why, clean up what is left."""
+    reason, message = _DEATH.get(state, (StopReason.DIED, "the notebook container stopped answering"))
+    message = message.format(mem=ctx.settings.mem_limit)
+    _discard(ctx, session.id)
+    try:
+        dead = ctx.store.transition(
+            session.id,
+            SessionStatus.ERROR,
+            actor=ctx.actor,
+            reason=reason.value,
+            detail=message,
+            expected={SessionStatus.RUNNING},
+            error=message,
+            stop_reason=reason,
+            stopped_at=utcnow(),
+            phase=None,
+        )
+    except (Conflict, NotFound):
+        return None
+    event(
+        log, "session.died", session_id=session.id, user=session.user, host=ctx.settings.host_name, reason=reason.value
+    )
+    return dead
+
+
+def heartbeat(ctx: WorkerContext, max_parallel: int = 32, probe_timeout: float = 2.0) -> dict[str, int]:
+    """Read every running session's activity on this host in parallel, store it, detect dead containers."""
+    sessions = [s for s in ctx.store.list_live(ctx.settings.host_name) if s.status == SessionStatus.RUNNING]
+    if not sessions:
+        return {"running": 0, "updated": 0, "dead": 0, "unreachable": 0}
+
+    def look(session: Session):
+        try:
+            return probe(_socket_path(ctx, session.id), session.id, session.token.get_secret_value(), probe_timeout)
+        except Exception as exc:  # noqa: BLE001 - any failure means "did not answer"; the container decides
+            return exc
+
+    with ThreadPoolExecutor(max_workers=min(max_parallel, len(sessions))) as pool:
+        looks = list(pool.map(look, sessions))
+    counts = {"running": len(sessions), "updated": 0, "dead": 0, "unreachable": 0}
+    for session, seen in zip(sessions, looks, strict=True):
+        if isinstance(seen, Exception):
+            state = ctx.runtime.state(container_name(ctx.settings, session.id))
+            if state == ContainerState.RUNNING:
+                counts["unreachable"] += 1
+            elif mark_dead(ctx, session, state) is not None:
+                counts["dead"] += 1
+            continue
+        newer = {"last_activity_at": seen.last_activity} if seen.last_activity else None
+        try:
+            ctx.store.transition(
+                session.id,
+                None,
+                actor=ctx.actor,
+                expected={SessionStatus.RUNNING},
+                audit_action="",
+                newer=newer,
+                kernels_busy=seen.kernels_busy,
+                connections=seen.connections,
+            )
+            counts["updated"] += 1
+        except (Conflict, NotFound):
+            pass  # stopped meanwhile
+    return counts
+
+
+def reap(store: SessionStore, policy: ReapPolicy, dispatcher: Dispatcher, now: datetime | None = None) -> list[str]:
+    """Stop every running session the policy says to reap; returns their ids."""
+    now = now or utcnow()
+    reaped = []
+    for session in store.list_live():
+        decision = should_reap(session, now, policy)
+        if decision.verdict != Verdict.REAP:
+            continue
+        assert decision.reason is not None
+        try:
+            session = store.transition(
+                session.id,
+                SessionStatus.STOPPING,
+                actor="reaper",
+                reason=decision.reason.value,
+                detail=decision.why,
+                expected={SessionStatus.RUNNING},
+                stop_reason=decision.reason,
+                stop_requested_by="reaper",
+            )
+        except (Conflict, NotFound):
+            continue
+        dispatcher.stop(session, "reaper", decision.reason.value)
+        event(
+            log,
+            "session.reap",
+            session_id=session.id,
+            user=session.user,
+            reason=decision.reason.value,
+            why=decision.why,
+        )
+        reaped.append(session.id)
+    return reaped
+
+
+def _rebuild(ctx: WorkerContext, labels: dict[str, str], container_id: str, token: str) -> Session | None:
+    try:
+        sid = labels[f"{LABEL_PREFIX}.session"]
+        created = datetime.fromisoformat(labels[f"{LABEL_PREFIX}.created"])
+        return Session(
+            id=sid,
+            user=validate_user_id(labels[f"{LABEL_PREFIX}.user"]),
+            template=validate_template_name(labels[f"{LABEL_PREFIX}.template"]),
+            status=SessionStatus.RUNNING,
+            host=ctx.settings.host_name,
+            container_id=container_id,
+            token=token,
+            url=ctx.settings.public_url.rstrip("/") + base_path(sid) + "lab",
+            created_at=created,
+            started_at=created,
+            last_activity_at=utcnow(),
+        )
+    except (KeyError, ValueError, LauncherError):
+        return None
+
+
+def reconcile(ctx: WorkerContext) -> dict[str, int]:
+    """Make this host's containers and Redis agree.
+
+    A labelled container whose session Redis lost is adopted back when the session can be rebuilt
+    from its labels and its Jupyter answers with the token it carries; otherwise it is removed, as is
+    any container whose session has ended. A running session whose container is gone is marked.
+    """
+    host = ctx.settings.host_name
+    counts = {"adopted": 0, "removed": 0, "marked": 0}
+    containers = [
+        c for c in ctx.runtime.list_managed(ctx.settings.instance) if c.labels.get(f"{LABEL_PREFIX}.host") == host
+    ]
+    for c in containers:
+        session = ctx.store.get(c.session_id) if c.session_id else None
+        if session is not None and session.status.live:
+            continue
+        if session is None and c.state == ContainerState.RUNNING:
+            token = ctx.runtime.env(c.name).get("JUPYTER_TOKEN", "")
+            rebuilt = _rebuild(ctx, c.labels, c.id, token) if token else None
+            if rebuilt is not None:
+                try:
+                    probe(_socket_path(ctx, rebuilt.id), rebuilt.id, token, timeout=2.0)
+                    answers = True
+                except Exception:  # noqa: BLE001
+                    answers = False
+                if answers and ctx.store.adopt(rebuilt, actor=ctx.actor):
+                    counts["adopted"] += 1
+                    event(log, "session.adopted", session_id=rebuilt.id, user=rebuilt.user, host=host)
+                    continue
+        ctx.runtime.stop(c.name, timeout=0)
+        if c.session_id:
+            hostfs.remove_rundir(ctx.settings, c.session_id)
+        counts["removed"] += 1
+        event(log, "container.orphan_removed", name=c.name, host=host)
+    states = {c.session_id: c.state for c in containers}
+    for session in ctx.store.list_live(host):
+        if session.status == SessionStatus.RUNNING:
+            state = states.get(session.id, ContainerState.MISSING)
+            if state != ContainerState.RUNNING and mark_dead(ctx, session, state) is not None:
+                counts["marked"] += 1
+    return counts

@@ -12,6 +12,7 @@ from launcher.dispatch import CeleryDispatcher
 from launcher.errors import LauncherError
 from launcher.logs import event
 from launcher.models import SessionStatus, StopReason
+from launcher.policy import ReapPolicy
 from launcher.settings import Settings
 from launcher.store import SessionStore
 from workers import lifecycle
@@ -39,11 +40,27 @@ def stop_session(session_id: str, actor: str, reason: str) -> str | None:
     return session.status.value if session else None
 
 
+@shared_task(name="workers.tasks.heartbeat", acks_late=True)
+def heartbeat() -> dict[str, int]:
+    return lifecycle.heartbeat(context())
+
+
+@shared_task(name="workers.tasks.reconcile", acks_late=True)
+def reconcile() -> dict[str, int]:
+    return lifecycle.reconcile(context())
+
+
+@shared_task(name="workers.tasks.reap", bind=True, acks_late=True)
+def reap(self: Task) -> list[str]:
+    ctx = context()
+    return lifecycle.reap(ctx.store, ReapPolicy.from_settings(ctx.settings), CeleryDispatcher(self.app, ctx.settings))
+
+
 @shared_task(name="workers.tasks.stop_all", bind=True, acks_late=True)
 def stop_all(self: Task, actor: str) -> dict[str, int]:
     """Ask every live session's host to stop it; report progress until all have stopped."""
     ctx = context()
-    dispatcher = CeleryDispatcher(self.app)
+    dispatcher = CeleryDispatcher(self.app, ctx.settings)
     targets = []
     for session in ctx.store.list_live():
         try:
