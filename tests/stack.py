@@ -136,6 +136,28 @@ def start_worker(settings: Settings, log: Path, name: str) -> Proc:
     return proc
 
 
+def start_beat(settings: Settings, folder: Path, name: str) -> Proc:
+    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO_ROOT)}
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "beat",
+        "--loglevel",
+        "INFO",
+        "--schedule",
+        str(folder / f"{name}-schedule"),
+        "--pidfile",
+        str(folder / f"{name}.pid"),
+    ]
+    proc = spawn(name, argv, folder / f"{name}.log", env=env, cwd=REPO_ROOT)
+    wait_for(lambda: "beat: Starting" in proc.tail(100) or not proc.alive(), 30, f"beat {name}")
+    assert proc.alive(), proc.tail()
+    return proc
+
+
 def _http_ok(url: str) -> bool:
     try:
         return httpx.get(url, timeout=1).status_code == 200

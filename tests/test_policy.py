@@ -1,0 +1,73 @@
+"""The reap decision is a pure function: a table of sessions and clocks."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import SecretStr
+
+from launcher.models import Session, SessionStatus, StopReason
+from launcher.policy import ReapPolicy, Verdict, should_reap, time_left
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+H = timedelta(hours=1)
+
+
+def session(status=SessionStatus.RUNNING, idle=timedelta(0), age=2 * H, busy=0, last=True) -> Session:
+    return Session(
+        id="abcdefghij12",
+        user="ann",
+        template="alpha_research",
+        status=status,
+        token=SecretStr("t"),
+        started_at=NOW - age,
+        last_activity_at=(NOW - idle) if last else None,
+        kernels_busy=busy,
+    )
+
+
+FOUR_H = ReapPolicy(idle_timeout=4 * H)
+WITH_AGE = ReapPolicy(idle_timeout=4 * H, max_age=12 * H)
+
+
+@pytest.mark.parametrize(
+    ("case", "s", "policy", "verdict", "reason"),
+    [
+        ("fresh activity", session(idle=timedelta(minutes=5)), FOUR_H, Verdict.KEEP, None),
+        ("just under the timeout", session(idle=4 * H - timedelta(seconds=1)), FOUR_H, Verdict.KEEP, None),
+        ("exactly the timeout", session(idle=4 * H, age=5 * H), FOUR_H, Verdict.REAP, StopReason.IDLE),
+        ("long idle", session(idle=9 * H, age=10 * H), FOUR_H, Verdict.REAP, StopReason.IDLE),
+        ("busy kernel, stale timestamps", session(idle=9 * H, age=10 * H, busy=1), FOUR_H, Verdict.KEEP, None),
+        ("busy kernel past max age", session(idle=9 * H, age=20 * H, busy=2), WITH_AGE, Verdict.KEEP, None),
+        ("active but past max age", session(idle=timedelta(0), age=13 * H), WITH_AGE, Verdict.REAP, StopReason.MAX_AGE),
+        ("active, under max age", session(idle=timedelta(0), age=11 * H), WITH_AGE, Verdict.KEEP, None),
+        ("no activity stamp: start time counts", session(age=5 * H, last=False), FOUR_H, Verdict.REAP, StopReason.IDLE),
+        (
+            "starting sessions are never reaped",
+            session(status=SessionStatus.STARTING, idle=9 * H),
+            FOUR_H,
+            Verdict.KEEP,
+            None,
+        ),
+        (
+            "stopping sessions are left alone",
+            session(status=SessionStatus.STOPPING, idle=9 * H),
+            FOUR_H,
+            Verdict.KEEP,
+            None,
+        ),
+    ],
+)
+def test_should_reap_table(case, s, policy, verdict, reason):
+    """Idle past the timeout or past max age reaps; a busy kernel or a non-running session never does."""
+    decision = should_reap(s, NOW, policy)
+    assert (decision.verdict, decision.reason) == (verdict, reason), case
+
+
+def test_time_left():
+    """Time left counts down from the last activity, capped by max age, never negative."""
+    assert time_left(session(idle=3 * H), NOW, FOUR_H) == H
+    assert time_left(session(idle=9 * H), NOW, FOUR_H) == timedelta(0)
+    assert time_left(session(idle=timedelta(0), age=11 * H + timedelta(minutes=30)), NOW, WITH_AGE) == timedelta(
+        minutes=30
+    )
+    assert time_left(session(status=SessionStatus.STOPPED), NOW, FOUR_H) is None
