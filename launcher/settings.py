@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     feature_notebook_launcher: bool = True
     users_file: Path = REPO_ROOT / "var" / "users.json"
     cookie_secret: SecretStr = SecretStr(_DEV_SECRETS["cookie_secret"])
+    flower_listen: str = "127.0.0.1:5555"
     flower_user: str = "operator"
     flower_password: SecretStr = SecretStr(_DEV_SECRETS["flower_password"])
 
