@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start the whole product on this machine, with sample data: Redis, the entry point (nginx), a
-# Celery worker for this Docker host. Everything runs in the background; logs and PIDs are in
+# Celery worker for this Docker host, Celery Beat (heartbeat, reap, reconcile) and Flower. Everything runs in the background; logs and PIDs are in
 # var/. Stop with scripts/stop.sh. Settings come from LAUNCHER_* variables (docs/configuration.md),
 # and from var/launcher.env when it exists.
 set -euo pipefail
@@ -47,5 +47,11 @@ queues=$(python3 -c "from launcher.settings import Settings; print(Settings().wo
 launch worker python3 -m celery -A workers.app worker -Q "$queues" -P threads \
   -c "${LAUNCHER_WORKER_CONCURRENCY:-8}" -n "worker-${LAUNCHER_HOST_NAME:-local}@%h" --loglevel INFO
 
+if [[ "${START_BEAT:-1}" == 1 ]]; then  # one Beat per installation: set START_BEAT=0 on added hosts
+  launch beat python3 -m celery -A workers.app beat --loglevel INFO --schedule "$root/var/run/beat-schedule"
+  launch flower python3 -m workers.flower
+fi
+
 for _ in $(seq 100); do grep -q "ready." var/log/worker.log 2>/dev/null && break; sleep 0.2; done
+log "flower: http://${LAUNCHER_FLOWER_LISTEN:-127.0.0.1:5555} (user ${LAUNCHER_FLOWER_USER:-operator})"
 log "entry point: $LAUNCHER_PUBLIC_URL   (launch with: launcher start --user alice --template alpha_research --wait)"

@@ -1,0 +1,120 @@
+"""Benchmark: one heartbeat sweep over N running sessions.
+
+    python bench/heartbeat_sweep.py [--real 10] [--simulated 1000] [--rounds 5]
+
+Real: N notebook containers on the local Docker engine, probed through their Jupyter sockets.
+SIMULATED: N sessions in a real Redis whose "Jupyter" is bench/fake_jupyter.py (canned answers on
+N UNIX sockets, in a separate process), with the in-memory container runtime. It measures the
+sweep's own cost (parallel probes, Redis writes), not Jupyter's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from launcher.models import Session, SessionStatus, new_session_id, new_token, utcnow  # noqa: E402
+from launcher.settings import Settings  # noqa: E402
+from launcher.store import SessionStore  # noqa: E402
+from tests.stack import docker_client, start_redis, start_stack  # noqa: E402
+from workers import lifecycle  # noqa: E402
+from workers.runtime import DockerRuntime, FakeRuntime  # noqa: E402
+
+
+def time_sweeps(ctx: lifecycle.WorkerContext, rounds: int, expect: int) -> list[float]:
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        counts = lifecycle.heartbeat(ctx)
+        times.append(time.perf_counter() - t0)
+        assert counts["updated"] == expect, counts
+    return times
+
+
+def report(label: str, times: list[float]) -> str:
+    return (
+        f"{label}: median {statistics.median(times) * 1000:.0f} ms, "
+        f"max {max(times) * 1000:.0f} ms over {len(times)} sweeps"
+    )
+
+
+def real(n: int, rounds: int, work: Path, redis_url: str) -> str:
+    st = start_stack(
+        work / "real", redis_url, docker_client(), max_sessions=n, max_sessions_per_host=n, mem_limit="512m"
+    )
+    try:
+        sessions = []
+        for i in range(n):
+            sessions.append(st.service.launch(st.actor(f"hb-{i}"), "alpha_research"))
+        for s in sessions:
+            done = st.service.wait(st.actor(s.user), s.id, {SessionStatus.RUNNING}, 300)
+            assert done.status == SessionStatus.RUNNING, done.error
+        ctx = lifecycle.WorkerContext(st.settings, st.store, DockerRuntime(st.docker))
+        return report(f"{n} real notebook containers", time_sweeps(ctx, rounds, n))
+    finally:
+        st.stop_everything()
+        st.shutdown()
+
+
+def simulated(n: int, rounds: int, work: Path, redis_url: str) -> str:
+    settings = Settings(
+        instance="benchsim",
+        redis_url=redis_url,
+        hosts="sim",
+        host_name="sim",
+        max_sessions=n,
+        max_sessions_per_host=n,
+        sessions_dir=work / "sim-sessions",
+    )
+    store = SessionStore.from_settings(settings)
+    ids = []
+    for i in range(n):
+        s = store.reserve(
+            Session(id=new_session_id(), user=f"sim-{i}", template="alpha_research", token=new_token()), actor="bench"
+        )
+        store.transition(s.id, SessionStatus.STARTING, actor="bench")
+        store.transition(s.id, SessionStatus.RUNNING, actor="bench", started_at=utcnow(), last_activity_at=utcnow())
+        ids.append(s.id)
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("fake_jupyter.py")), str(settings.sessions_dir), *ids],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        ctx = lifecycle.WorkerContext(settings, store, FakeRuntime())
+        return report(f"{n} SIMULATED sessions (stand-in Jupyter API)", time_sweeps(ctx, rounds, n))
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--real", type=int, default=10)
+    ap.add_argument("--simulated", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="nbl-hb-", dir="/tmp"))
+    work.chmod(0o755)
+    redis_proc, redis_url = start_redis(work)
+    try:
+        lines = []
+        if args.real:
+            lines.append(real(args.real, args.rounds, work, redis_url))
+        if args.simulated:
+            lines.append(simulated(args.simulated, args.rounds, work, redis_url))
+    finally:
+        redis_proc.stop()
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
