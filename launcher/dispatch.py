@@ -23,6 +23,7 @@ class Dispatcher(Protocol):
     def start(self, session: Session) -> None: ...
     def stop(self, session: Session, actor: str, reason: str) -> None: ...
     def stop_all(self, actor: str) -> str: ...
+    def progress(self, task_id: str) -> dict[str, object]: ...
 
 
 @contextlib.contextmanager
@@ -65,3 +66,12 @@ class CeleryDispatcher:
     def stop_all(self, actor: str) -> str:
         with _broker_errors():
             return self.app.send_task(STOP_ALL_TASK, args=[actor], queue=self.settings.control_queue).id
+
+    def progress(self, task_id: str) -> dict[str, object]:
+        with _broker_errors():
+            result = self.app.AsyncResult(task_id)
+            state, info = result.state, result.info
+        done = total = 0
+        if isinstance(info, dict):
+            done, total = int(info.get("done", 0)), int(info.get("total", 0))
+        return {"state": state, "done": done, "total": total}

@@ -22,6 +22,7 @@ from launcher.models import (
     StopReason,
     new_session_id,
     new_token,
+    utcnow,
 )
 from launcher.rbac import authorize, may_act_on
 from launcher.settings import Settings
@@ -105,6 +106,28 @@ class LauncherService:
         """Enqueue the stop-all task; returns its Celery task id (its progress is its result)."""
         self._require(actor, Permission.MANAGE_NOTEBOOKS)
         return self.dispatcher.stop_all(actor.name)
+
+    def keep_alive(self, actor: Actor) -> Session:
+        """The owner says "keep running": counts as activity now (recorded in the audit trail)."""
+        self._require(actor, Permission.LAUNCH_NOTEBOOKS)
+        session = self.store.live_session_for(validate_user_id(actor.name))
+        if session is None or session.status != SessionStatus.RUNNING:
+            raise NotFound(f"{actor.name} has no running notebook session")
+        session = self.store.transition(
+            session.id,
+            None,
+            actor=actor.name,
+            reason="user",
+            expected={SessionStatus.RUNNING},
+            audit_action="keepalive",
+            newer={"last_activity_at": utcnow()},
+        )
+        return self._visible(actor, session)
+
+    def stop_all_progress(self, actor: Actor, task_id: str) -> dict[str, object]:
+        """``{"state": ..., "done": n, "total": m}`` of a stop-all task."""
+        self._require(actor, Permission.MANAGE_NOTEBOOKS)
+        return self.dispatcher.progress(task_id)
 
     # -- queries ----------------------------------------------------------------------------
     def session_for(self, actor: Actor, user: str | None = None) -> Session | None:

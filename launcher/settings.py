@@ -80,6 +80,15 @@ class Settings(BaseSettings):
 
     # Console and operators.
     feature_notebook_launcher: bool = True
+    auth_mode: Literal["password", "oidc"] = "password"
+    login_ttl_s: int = Field(12 * 3600, ge=60)
+    console_url: str = "http://127.0.0.1:8501"
+    oidc_metadata_url: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: SecretStr = SecretStr("")
+    oidc_roles_claim: str = "roles"
+    oidc_user_claim: str = "sub"
+    roles_file: Path | None = None
     users_file: Path = REPO_ROOT / "var" / "users.json"
     cookie_secret: SecretStr = SecretStr(_DEV_SECRETS["cookie_secret"])
     flower_listen: str = "127.0.0.1:5555"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Start the whole product on this machine, with sample data: Redis, the entry point (nginx), a
-# Celery worker for this Docker host, Celery Beat (heartbeat, reap, reconcile) and Flower. Everything runs in the background; logs and PIDs are in
+# Celery worker for this Docker host, Celery Beat (heartbeat, reap, reconcile), Flower and the
+# Streamlit console. On first start it creates console users from SEED_USERS (default: a researcher
+# "alice" and an admin "admin", passwords printed once and kept in var/initial-passwords). Everything runs in the background; logs and PIDs are in
 # var/. Stop with scripts/stop.sh. Settings come from LAUNCHER_* variables (docs/configuration.md),
 # and from var/launcher.env when it exists.
 set -euo pipefail
@@ -47,11 +49,26 @@ queues=$(python3 -c "from launcher.settings import Settings; print(Settings().wo
 launch worker python3 -m celery -A workers.app worker -Q "$queues" -P threads \
   -c "${LAUNCHER_WORKER_CONCURRENCY:-8}" -n "worker-${LAUNCHER_HOST_NAME:-local}@%h" --loglevel INFO
 
-if [[ "${START_BEAT:-1}" == 1 ]]; then  # one Beat per installation: set START_BEAT=0 on added hosts
+if [[ "${START_BEAT:-1}" == 1 ]]; then  # one Beat, Flower and console per installation: START_BEAT=0 on added hosts
   launch beat python3 -m celery -A workers.app beat --loglevel INFO --schedule "$root/var/run/beat-schedule"
   launch flower python3 -m workers.flower
+  users=${LAUNCHER_USERS_FILE:-$root/var/users.json}
+  if [[ ! -f $users ]]; then
+    umask 077
+    for entry in ${SEED_USERS:-alice:researcher admin:admin}; do
+      pw=$(python3 -c "import secrets; print(secrets.token_urlsafe(12))")
+      echo "$pw" | python3 -m ui.users add --user "${entry%%:*}" --role "${entry##*:}" --password-stdin >/dev/null
+      echo "${entry%%:*} ${entry##*:} $pw" >>var/initial-passwords
+    done
+    log "console users created; their passwords are in var/initial-passwords (change them: python3 -m ui.users add ...)"
+  fi
+  console_port=${LAUNCHER_CONSOLE_PORT:-8501}
+  launch console python3 -m streamlit run ui/asgi.py --server.port "$console_port" \
+    --server.address "${LAUNCHER_CONSOLE_ADDRESS:-127.0.0.1}" --server.headless true \
+    --browser.gatherUsageStats false --client.toolbarMode minimal
 fi
 
 for _ in $(seq 100); do grep -q "ready." var/log/worker.log 2>/dev/null && break; sleep 0.2; done
+log "console: ${LAUNCHER_CONSOLE_URL:-http://127.0.0.1:${console_port:-8501}}"
 log "flower: http://${LAUNCHER_FLOWER_LISTEN:-127.0.0.1:5555} (user ${LAUNCHER_FLOWER_USER:-operator})"
 log "entry point: $LAUNCHER_PUBLIC_URL   (launch with: launcher start --user alice --template alpha_research --wait)"

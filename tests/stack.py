@@ -158,6 +158,34 @@ def start_beat(settings: Settings, folder: Path, name: str) -> Proc:
     return proc
 
 
+def start_console(settings: Settings, folder: Path, name: str = "console", **env_extra: str) -> tuple[Proc, str]:
+    """The real console (``streamlit run ui/asgi.py``) on a free loopback port."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO_ROOT), "LAUNCHER_CONSOLE_URL": url, **env_extra}
+    argv = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(REPO_ROOT / "ui" / "asgi.py"),
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
+    ]
+    proc = spawn(name, argv, folder / f"{name}.log", env=env, cwd=REPO_ROOT)
+    wait_for(lambda: _http_ok(f"{url}/_stcore/health") or not proc.alive(), 60, "the console")
+    assert proc.alive(), proc.tail()
+    return proc, url
+
+
 def _http_ok(url: str) -> bool:
     try:
         return httpx.get(url, timeout=1).status_code == 200

@@ -1,0 +1,1 @@
+"""The Streamlit console: login, the Notebooks page for researchers, the Admin page."""

@@ -1,0 +1,105 @@
+"""End to end in a real browser (Debian's chromium via Playwright) against the real stack.
+
+Log in as a researcher, launch the alpha research template, wait for running, open JupyterLab
+through the Open link, run a cell, come back, stop. Screenshots of each step go to the folder the
+test prints (build/test-artifacts/browser).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+from launcher.models import Role, SessionStatus
+from launcher.settings import REPO_ROOT
+from tests.helpers import wait_for
+from tests.stack import start_console
+from ui.auth import UserStore
+
+pytestmark = pytest.mark.docker
+ARTIFACTS = REPO_ROOT / "build" / "test-artifacts" / "browser"
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not shutil.which(CHROMIUM):
+        pytest.fail("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
+        )
+        yield b
+        b.close()
+
+
+def settle(page) -> None:
+    page.wait_for_selector('[data-testid="stApp"]', timeout=30_000)
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=30_000)
+
+
+def test_researcher_journey_in_a_real_browser(clean_stack, browser, tmp_path):
+    """Login -> launch -> running -> JupyterLab runs a cell -> back -> stop, with a screenshot per step."""
+    st = clean_stack
+    settings = st.settings.model_copy(update={"users_file": tmp_path / "users.json"})
+    UserStore(settings.users_file).set_user("br-rita", Role.RESEARCHER, "rita-password-1")
+    console, url = start_console(settings, tmp_path, LAUNCHER_USERS_FILE=str(settings.users_file))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots: {ARTIFACTS}")
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    try:
+        page.goto(url)
+        settle(page)
+        page.get_by_text("Log in").first.click()
+        page.wait_for_url(re.compile(r".*/login$"))
+        page.fill("#username", "br-rita")
+        page.fill("#password", "rita-password-1")
+        page.screenshot(path=ARTIFACTS / "01-login.png")
+        page.click("button[type=submit]")
+        settle(page)
+        page.wait_for_selector(".st-key-launch-alpha_research button", timeout=30_000)
+        page.screenshot(path=ARTIFACTS / "02-templates.png", full_page=True)
+
+        page.click(".st-key-launch-alpha_research button")
+        open_link = page.get_by_role("link", name="Open JupyterLab")
+        open_link.wait_for(timeout=120_000)
+        page.screenshot(path=ARTIFACTS / "03-running.png", full_page=True)
+        session = st.store.live_session_for("br-rita")
+        assert session.status == SessionStatus.RUNNING
+        href = open_link.get_attribute("href")
+        assert href == session.open_url()
+
+        lab = context.new_page()
+        lab.goto(href)
+        lab.wait_for_selector("#jp-main-dock-panel", timeout=60_000)
+        lab.goto(href.split("?")[0] + "/tree/alpha_research.ipynb")
+        lab.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        lab.wait_for_selector(".jp-StatusBar-Widget:has-text('Python 3 (ipykernel) | Idle')", timeout=60_000)
+        lab.click(".jp-Notebook .jp-Cell >> nth=0")
+        lab.keyboard.press("Escape")
+        lab.keyboard.press("b")
+        lab.keyboard.press("Enter")
+        lab.keyboard.type("print('answer', 6 * 7)")
+        lab.keyboard.press("Shift+Enter")
+        lab.wait_for_selector(".jp-OutputArea-output:has-text('answer 42')", timeout=60_000)
+        lab.screenshot(path=ARTIFACTS / "04-jupyterlab.png")
+        lab.close()
+
+        page.bring_to_front()
+        page.get_by_text("Stop", exact=True).click()
+        page.wait_for_selector(".st-key-launch-alpha_research button", timeout=60_000)
+        page.screenshot(path=ARTIFACTS / "05-stopped.png", full_page=True)
+        wait_for(lambda: st.store.get(session.id).status == SessionStatus.STOPPED, 30, "stopped in Redis")
+        assert st.containers(session=session.id) == []
+    finally:
+        for i, open_page in enumerate(context.pages):  # the last state of every tab, for diagnosis
+            open_page.screenshot(path=ARTIFACTS / f"last-tab-{i}.png")
+        context.close()
+        console.stop()

@@ -1,0 +1,44 @@
+"""The console script (served by ``ui/asgi.py``): who is this, then the pages their role may see."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import streamlit as st  # noqa: E402
+
+from launcher.models import Permission  # noqa: E402
+from launcher.rbac import authorize  # noqa: E402
+from ui import views  # noqa: E402
+from ui.context import current_actor, get_service  # noqa: E402
+
+st.set_page_config(page_title="Research notebooks", page_icon="📓", layout="wide")
+service = get_service()
+settings = service.settings
+actor = current_actor(settings)
+
+if actor is None:
+    views.login(settings)
+    st.stop()
+
+if not settings.feature_notebook_launcher:
+    st.title("Research notebooks")
+    st.info("The notebook launcher is switched off on this installation.")
+    st.stop()
+
+# Only the pages this role may see exist for this user (a hidden page's URL falls back to the
+# default); each page checks the permission again, and the service checks it a third time.
+available = []
+if authorize(actor, Permission.LAUNCH_NOTEBOOKS):
+    available.append(st.Page("pages/notebooks.py", title="Notebooks", icon="📓", default=True))
+if authorize(actor, Permission.MANAGE_NOTEBOOKS):
+    available.append(st.Page("pages/admin.py", title="Admin", icon="🛠"))
+if not available:
+    available.append(st.Page("pages/overview.py", title="Overview", default=True))
+
+with st.sidebar:
+    st.caption(f"Signed in as **{actor.name}** ({actor.role.value})")
+    views.logout_button(settings)
+st.navigation(available).run()

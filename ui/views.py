@@ -1,0 +1,232 @@
+"""What the console's pages render. They call the launcher service; they hold no state of their own.
+
+Everything a page shows is read from Redis through the service on each run, so reloads, new tabs
+and console restarts lose nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import streamlit as st
+
+from launcher.errors import LauncherError
+from launcher.models import LIVE_STATUSES, Actor, Session, SessionStatus, utcnow
+from launcher.policy import ReapPolicy, time_left
+from launcher.service import LauncherService
+from launcher.settings import Settings
+from ui.format import ago, audit_rows, session_rows, template_info
+
+REFRESH = timedelta(seconds=2)
+REASONS = {
+    "user": "you stopped it",
+    "admin": "an administrator stopped it",
+    "idle": "it was idle for too long",
+    "max_age": "it reached the maximum session age",
+    "died": "its container stopped unexpectedly",
+    "oom": "it ran out of memory",
+    "lost": "its container disappeared",
+    "start_failed": "it failed to start",
+}
+
+
+def _run(action, *args, **kwargs):
+    """Call the service; show a launcher error to the person instead of a traceback."""
+    try:
+        return action(*args, **kwargs)
+    except LauncherError as exc:
+        st.session_state["flash"] = exc.user_message
+        return None
+
+
+def _flash() -> None:
+    message = st.session_state.pop("flash", None)
+    if message:
+        st.error(message)
+
+
+# -- login ------------------------------------------------------------------------------------------
+
+
+_SAME_TAB_LINK = (
+    '<a href="{href}" class="nbl-link" style="display:inline-block;padding:.45rem 1rem;border-radius:.5rem;'
+    'border:1px solid #ccc;text-decoration:none;{extra}">{label}</a>'
+)
+
+
+def login(settings: Settings) -> None:
+    st.title("Research notebooks")
+    st.write("Sign in to launch and manage your research notebooks.")
+    if settings.auth_mode == "oidc":
+        st.button("Log in", type="primary", on_click=st.login)
+    else:  # a plain link: the login form opens in this tab, not a new one
+        st.html(
+            _SAME_TAB_LINK.format(
+                href="/login", label="Log in", extra="background:#ff4b4b;color:white;border-color:#ff4b4b"
+            )
+        )
+
+
+def logout_button(settings: Settings) -> None:
+    if settings.auth_mode == "oidc":
+        st.button("Log out", on_click=st.logout)
+    else:
+        st.html(_SAME_TAB_LINK.format(href="/logout", label="Log out", extra="color:inherit"))
+
+
+# -- researcher -------------------------------------------------------------------------------------
+
+
+def notebooks(service: LauncherService, actor: Actor) -> None:
+    st.title("Research notebooks")
+    st.caption(
+        "JupyterLab in an isolated container: research data read-only at /data, your workspace in "
+        "~/work, the research library importable, no network."
+    )
+    _notebooks_live(service, actor)
+
+
+@st.fragment(run_every=REFRESH)
+def _notebooks_live(service: LauncherService, actor: Actor) -> None:
+    _flash()
+    session = _run(service.session_for, actor)
+    if session is not None and session.status in LIVE_STATUSES:
+        _session_panel(service, actor, session)
+        return
+    if session is not None:
+        _last_session_note(session)
+    _template_cards(service, actor)
+
+
+def _last_session_note(session: Session) -> None:
+    why = REASONS.get(session.stop_reason.value if session.stop_reason else "", "")
+    if session.status == SessionStatus.ERROR:
+        st.error(f"Your last notebook ({session.template}) ended with an error: {session.error or why}")
+    elif session.stop_reason and session.stop_reason.value not in ("user",):
+        st.info(f"Your last notebook ({session.template}) stopped because {why}.")
+
+
+def _template_cards(service: LauncherService, actor: Actor) -> None:
+    st.subheader("Start a notebook")
+    names = service.templates()
+    columns = st.columns(max(1, len(names)))
+    for column, name in zip(columns, names, strict=False):
+        info = template_info(service.settings.templates_dir, name)
+        with column.container(border=True):
+            st.markdown(f"**{info.title}**")
+            st.write(info.description)
+            if info.data:
+                st.caption(f"Reads: {info.data}")
+            st.button("Launch", key=f"launch-{name}", type="primary", on_click=_run, args=(service.launch, actor, name))
+
+
+def _session_panel(service: LauncherService, actor: Actor, s: Session) -> None:
+    info = template_info(service.settings.templates_dir, s.template)
+    st.subheader(info.title)
+    now = utcnow()
+    if s.status == SessionStatus.QUEUED:
+        waited = (now - s.created_at).total_seconds()
+        position = service.store.queue_position(s)
+        if waited > service.settings.task_pickup_timeout_s:
+            st.error(
+                f"No worker has picked up this launch for {waited:.0f} s: the worker for host "
+                f"'{s.host}' may be down. Ask an operator, or cancel and try again later."
+            )
+        else:
+            st.info(f"Queued (position {position or 1} on host {s.host}), waiting for a worker…")
+    elif s.status == SessionStatus.STARTING:
+        st.info(f"Starting: {s.phase or 'preparing'}…")
+    elif s.status == SessionStatus.STOPPING:
+        st.info("Stopping…")
+    elif s.status == SessionStatus.RUNNING:
+        st.success("Running")
+        url = s.open_url()
+        if url:
+            st.link_button("Open JupyterLab", url, type="primary")
+        policy = ReapPolicy.from_settings(service.settings)
+        left = time_left(s, now, policy)
+        a, b, c = st.columns(3)
+        a.metric("Started", s.started_at.strftime("%H:%M UTC") if s.started_at else "-")
+        b.metric("Last activity", f"{ago(now - s.last_activity_at)} ago" if s.last_activity_at else "-")
+        c.metric("Stops when idle in", ago(left))
+        if left is not None and left.total_seconds() <= service.settings.warn_before_reap_s:
+            st.warning(f"This notebook will be stopped for inactivity in {ago(left)}. Keep it running?")
+            st.button("Keep running", key="keepalive", on_click=_run, args=(service.keep_alive, actor))
+    if s.status != SessionStatus.STOPPING:
+        label = "Cancel" if s.status == SessionStatus.QUEUED else "Stop"
+        st.button(label, key="stop", on_click=_run, args=(service.stop, actor))
+
+
+# -- admin ------------------------------------------------------------------------------------------
+
+
+def admin(service: LauncherService, actor: Actor) -> None:
+    st.title("Notebook sessions")
+    _admin_sessions(service, actor)
+    st.subheader("Audit trail")
+    who = st.text_input("Filter by user", key="audit-user").strip().lower() or None
+    events = _run(service.audit, actor, user=who, limit=200) or []
+    st.dataframe(audit_rows(events), hide_index=True, use_container_width=True)
+
+
+@st.fragment(run_every=REFRESH)
+def _admin_sessions(service: LauncherService, actor: Actor) -> None:
+    _flash()
+    sessions = _run(service.list_sessions, actor) or []
+    st.caption(f"{len(sessions)} live of at most {service.settings.max_sessions}")
+    st.dataframe(session_rows(sessions, utcnow()), hide_index=True, use_container_width=True)
+    if sessions:
+        choice = st.selectbox(
+            "Session",
+            [s.id for s in sessions],
+            key="stop-one",
+            format_func=lambda sid: next(
+                f"{s.user} · {s.template} · {s.status.value}" for s in sessions if s.id == sid
+            ),
+        )
+        st.button(
+            "Stop this session",
+            key="stop-one-button",
+            on_click=_run,
+            args=(service.stop, actor),
+            kwargs={"session_id": choice},
+        )
+    _stop_all(service, actor, len(sessions))
+
+
+def _ask_stop_all() -> None:
+    st.session_state["confirm-stop-all"] = True
+
+
+def _do_stop_all(service: LauncherService, actor: Actor) -> None:
+    st.session_state["confirm-stop-all"] = False
+    task_id = _run(service.stop_all, actor)
+    if task_id:
+        st.session_state["stop-all-task"] = task_id
+
+
+def _stop_all(service: LauncherService, actor: Actor, live: int) -> None:
+    if st.session_state.get("confirm-stop-all"):
+        st.warning(f"Stop all {live} live sessions? Their users lose unsaved work.")
+        yes, no = st.columns(2)
+        yes.button("Yes, stop all", key="stop-all-yes", type="primary", on_click=_do_stop_all, args=(service, actor))
+        no.button("Cancel", key="stop-all-no", on_click=lambda: st.session_state.update({"confirm-stop-all": False}))
+    else:
+        st.button("Stop all sessions…", key="stop-all", disabled=live == 0, on_click=_ask_stop_all)
+    task_id = st.session_state.get("stop-all-task")
+    if task_id:
+        progress = _run(service.stop_all_progress, actor, task_id) or {}
+        total, done = progress.get("total", 0), progress.get("done", 0)
+        state = progress.get("state", "PENDING")
+        if state == "SUCCESS":
+            st.success(f"Stop all finished: {done} of {total} stopped.")
+        else:
+            st.progress(done / total if total else 0.0, text=f"Stopping all sessions: {done} of {total} ({state})")
+
+
+# -- viewer -----------------------------------------------------------------------------------------
+
+
+def viewer(service: LauncherService, actor: Actor) -> None:
+    st.title("Research notebooks")
+    st.info("Your role (viewer) may not launch notebooks. Ask an administrator for the researcher role.")
