@@ -7,15 +7,17 @@ test prints (build/test-artifacts/browser).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import sys
 
 import pytest
 
 from launcher.models import Role, SessionStatus
 from launcher.settings import REPO_ROOT
-from tests.helpers import wait_for
-from tests.stack import start_console
+from tests.helpers import free_port, spawn, wait_for
+from tests.stack import _http_ok, start_console
 from ui.auth import UserStore
 
 pytestmark = pytest.mark.docker
@@ -30,13 +32,29 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
+        # Loopback only: no hostname resolves (no DNS query leaves), and new_context() aborts the rest.
         b = pw.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
+            args=[
+                "--no-sandbox",
+                "--disable-background-networking",
+                "--disable-dev-shm-usage",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            ],
         )
         yield b
         b.close()
+
+
+LOOPBACK = re.compile(r"^(http|ws)://127\.0\.0\.1[:/]")
+
+
+def new_context(browser):
+    """A browser context whose requests to anything but 127.0.0.1 are aborted before they leave."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    context.route(lambda url: not LOOPBACK.match(url), lambda route: route.abort())
+    return context
 
 
 def settle(page) -> None:
@@ -52,7 +70,7 @@ def test_researcher_journey_in_a_real_browser(clean_stack, browser, tmp_path):
     console, url = start_console(settings, tmp_path, LAUNCHER_USERS_FILE=str(settings.users_file))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     print(f"\nscreenshots: {ARTIFACTS}")
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    context = new_context(browser)
     page = context.new_page()
     try:
         page.goto(url)
@@ -103,3 +121,52 @@ def test_researcher_journey_in_a_real_browser(clean_stack, browser, tmp_path):
             open_page.screenshot(path=ARTIFACTS / f"last-tab-{i}.png")
         context.close()
         console.stop()
+
+
+def test_oidc_login_maps_roles_from_a_real_provider(stack, browser, tmp_path):
+    """Log in through a real local OpenID Connect provider; the roles claim decides the pages shown."""
+    port = free_port()
+    users = [
+        {"sub": "oidc-olive", "email": "olive@example.com", "roles": ["researcher"]},
+        {"sub": "oidc-adam", "email": "adam@example.com", "roles": ["viewer", "admin"]},
+    ]
+    argv = [sys.executable, "-m", "oidc_provider_mock", "-H", "127.0.0.1", "-p", str(port)]
+    for u in users:
+        argv += ["--user-claims", json.dumps(u)]
+    provider = spawn("oidc", argv, tmp_path / "oidc.log")
+    metadata = f"http://127.0.0.1:{port}/.well-known/openid-configuration"
+    wait_for(lambda: _http_ok(metadata), 30, "the OIDC provider")
+    console, url = start_console(
+        stack.settings,
+        tmp_path,
+        LAUNCHER_AUTH_MODE="oidc",
+        LAUNCHER_OIDC_METADATA_URL=metadata,
+        LAUNCHER_OIDC_CLIENT_ID="launcher-console",
+        LAUNCHER_OIDC_CLIENT_SECRET="console-secret",
+        LAUNCHER_COOKIE_SECRET="an-oidc-cookie-secret-for-tests",
+    )
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        for user, role, admin_visible in (("oidc-olive", "researcher", False), ("oidc-adam", "admin", True)):
+            context = new_context(browser)
+            page = context.new_page()
+            try:
+                page.goto(url)
+                settle(page)
+                page.get_by_role("button", name="Log in").click()
+                page.wait_for_url(re.compile(rf"^http://127\.0\.0\.1:{port}/"), timeout=30_000)
+                page.get_by_role("button", name=user).click()
+                page.wait_for_url(re.compile(rf"^{re.escape(url)}"), timeout=30_000)
+                settle(page)
+                page.get_by_text(f"Signed in as {user}").wait_for(timeout=30_000)
+                sidebar = page.inner_text("[data-testid=stSidebar]")
+                assert f"({role})" in sidebar, sidebar
+                page.wait_for_selector(".st-key-launch-alpha_research button", timeout=30_000)
+                assert ("Admin" in page.inner_text("[data-testid=stSidebar]")) is admin_visible
+                page.screenshot(path=ARTIFACTS / f"06-oidc-{user}.png", full_page=True)
+            finally:
+                page.screenshot(path=ARTIFACTS / f"last-oidc-{user}.png")
+                context.close()
+    finally:
+        console.stop()
+        provider.stop()

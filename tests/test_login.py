@@ -35,14 +35,12 @@ def test_users_file_stores_argon2_hashes_and_verifies(tmp_path):
 def test_users_cli_adds_and_changes_users(tmp_path):
     """`python -m ui.users add` creates a user and changes an existing one's role."""
     env = {"LAUNCHER_USERS_FILE": str(tmp_path / "u.json"), "PATH": "/usr/bin:/bin"}
-    run = lambda *a, stdin="": subprocess.run(
-        [sys.executable, "-m", "ui.users", *a],
-        input=stdin,
-        text=True,  # noqa: E731
-        capture_output=True,
-        env=env,
-        cwd=REPO_ROOT,
-    )
+
+    def run(*a: str, stdin: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "ui.users", *a], input=stdin, text=True, capture_output=True, env=env, cwd=REPO_ROOT
+        )
+
     assert run("add", "--user", "carol", "--role", "viewer", "--password-stdin", stdin="pass-word-1\n").returncode == 0
     assert run("add", "--user", "carol", "--role", "admin", "--password-stdin", stdin="pass-word-2\n").returncode == 0
     assert run("list").stdout.strip() == "carol\tadmin"

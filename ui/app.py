@@ -14,7 +14,7 @@ from launcher.rbac import authorize  # noqa: E402
 from ui import views  # noqa: E402
 from ui.context import current_actor, get_service  # noqa: E402
 
-st.set_page_config(page_title="Research notebooks", page_icon="📓", layout="wide")
+st.set_page_config(page_title="Research notebooks", page_icon=":material/menu_book:", layout="wide")
 service = get_service()
 settings = service.settings
 actor = current_actor(settings)
@@ -32,11 +32,11 @@ if not settings.feature_notebook_launcher:
 # default); each page checks the permission again, and the service checks it a third time.
 available = []
 if authorize(actor, Permission.LAUNCH_NOTEBOOKS):
-    available.append(st.Page("pages/notebooks.py", title="Notebooks", icon="📓", default=True))
+    available.append(st.Page("pages/notebooks.py", title="Notebooks", icon=":material/menu_book:", default=True))
 if authorize(actor, Permission.MANAGE_NOTEBOOKS):
-    available.append(st.Page("pages/admin.py", title="Admin", icon="🛠"))
+    available.append(st.Page("pages/admin.py", title="Admin", icon=":material/admin_panel_settings:"))
 if not available:
-    available.append(st.Page("pages/overview.py", title="Overview", default=True))
+    available.append(st.Page("pages/overview.py", title="Overview", icon=":material/visibility:", default=True))
 
 with st.sidebar:
     st.caption(f"Signed in as **{actor.name}** ({actor.role.value})")
