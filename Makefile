@@ -25,7 +25,8 @@ test-fast:
 	$(PY) -m pytest -m "not docker"
 
 lint:
-	$(PY) -m ruff check launcher workers ui tests celeryconfig.py bench
+	$(PY) -m ruff check launcher workers ui tests celeryconfig.py bench notebooks/lib notebooks/build_templates.py
+	$(PY) notebooks/build_templates.py --check
 
 bench:
 	$(PY) bench/launch_latency.py

@@ -1,23 +1,53 @@
-"""Data access by date range from ``DATA_PATH`` (default ``/data``), in polars."""
+"""Data access by date range from ``DATA_PATH`` (default ``/data``), in polars.
+
+Layout (the same paths hold real WRDS extracts on a real deployment):
+``wrds/crsp/daily/{YYYY}.parquet``, ``wrds/crsp/{dsenames,dsedelist,dsi,ccmxpf_lnkhist}.parquet``,
+``wrds/comp/{fundq,funda}.parquet``, ``wrds/ff/factors_{daily,monthly}.parquet``,
+``analytics/backtests/<run>/``, ``MANIFEST.json``.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import date
 from pathlib import Path
 
 import polars as pl
 
+COMPUSTAT_STD = (
+    (pl.col("indfmt") == "INDL") & (pl.col("datafmt") == "STD") & (pl.col("popsrc") == "D") & (pl.col("consol") == "C")
+)
 
-def data_root() -> Path:
-    return Path(os.environ.get("DATA_PATH", "/data"))
+
+def data_root(root: Path | str | None = None) -> Path:
+    return Path(root) if root is not None else Path(os.environ.get("DATA_PATH", "/data"))
 
 
-def read_crsp_daily(start: date, end: date, root: Path | None = None) -> pl.LazyFrame:
+def manifest(root: Path | str | None = None) -> dict:
+    return json.loads((data_root(root) / "MANIFEST.json").read_text())
+
+
+def read_crsp_daily(start: date, end: date, root: Path | str | None = None) -> pl.LazyFrame:
     """CRSP daily rows with ``start <= date <= end``, read lazily from the per-year files."""
-    base = (root or data_root()) / "wrds" / "crsp" / "daily"
+    base = data_root(root) / "wrds" / "crsp" / "daily"
     files = [base / f"{year}.parquet" for year in range(start.year, end.year + 1)]
     files = [f for f in files if f.exists()]
     if not files:
         raise FileNotFoundError(f"no CRSP daily files for {start.year}-{end.year} under {base}")
     return pl.scan_parquet(files).filter(pl.col("date").is_between(start, end))
+
+
+def read_table(name: str, root: Path | str | None = None) -> pl.DataFrame:
+    """One of: dsenames, dsedelist, dsi, ccmxpf_lnkhist (CRSP); fundq, funda (Compustat, standard rows only)."""
+    base = data_root(root) / "wrds"
+    if name in {"dsenames", "dsedelist", "dsi", "ccmxpf_lnkhist"}:
+        return pl.read_parquet(base / "crsp" / f"{name}.parquet")
+    if name in {"fundq", "funda"}:
+        return pl.read_parquet(base / "comp" / f"{name}.parquet").filter(COMPUSTAT_STD)
+    raise ValueError(f"unknown table {name!r}")
+
+
+def read_ff(frequency: str = "daily", root: Path | str | None = None) -> pl.DataFrame:
+    """Fama-French factors in decimals (as on WRDS): date, mktrf, smb, hml, umd, rf."""
+    return pl.read_parquet(data_root(root) / "wrds" / "ff" / f"factors_{frequency}.parquet")

@@ -1,0 +1,87 @@
+"""Benchmark: sample-data generation per preset, and each template's run time on the default preset.
+
+    python bench/templates.py [--presets ci default] [--run-on default]
+
+Everything runs inside the notebook image as a notebook would (uid 1000, no network, data read-only
+for the templates). Prints wall times and sizes on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = "launcher-notebook:latest"
+TEMPLATES = ("alpha_research", "factor_analysis", "backtest_review")
+
+
+def docker(*args: str, mounts: list[str]) -> float:
+    argv = [
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-u",
+        "1000:1000",
+        "-e",
+        "HOME=/tmp",
+        "-v",
+        f"{ROOT / 'notebooks' / 'lib'}:/opt/research:ro",
+        "-e",
+        "PYTHONPATH=/opt/research",
+    ]
+    for m in mounts:
+        argv += ["-v", m]
+    t0 = time.perf_counter()
+    subprocess.run([*argv, IMAGE, *args], check=True, capture_output=True, text=True)
+    return time.perf_counter() - t0
+
+
+def size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=["ci", "default"])
+    ap.add_argument("--run-on", default="default")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="nbl-tpl-", dir="/tmp"))
+    os.chmod(work, 0o777)
+    for preset in args.presets:
+        out = work / preset
+        out.mkdir()
+        os.chown(out, 1000, 1000)
+        seconds = docker(
+            "python3", "-m", "research.sampledata", "--preset", preset, "--out", "/out", mounts=[f"{out}:/out"]
+        )
+        print(f"generate --preset {preset}: {seconds:.1f} s, {size(out) / 2**20:.1f} MiB on disk")
+    data = work / args.run_on
+    results = work / "out"
+    results.mkdir()
+    os.chmod(results, 0o777)
+    for name in TEMPLATES:
+        seconds = docker(
+            "python3",
+            "-m",
+            "papermill",
+            f"/templates/{name}.ipynb",
+            f"/out/{name}.ipynb",
+            "-p",
+            "output_dir",
+            f"/out/{name}",
+            mounts=[f"{data}:/data:ro", f"{ROOT / 'notebooks' / 'templates'}:/templates:ro", f"{results}:/out"],
+        )
+        print(f"{name} on --preset {args.run_on}: {seconds:.1f} s (papermill, including kernel start)")
+    print(f"outputs kept in {work}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
