@@ -10,37 +10,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-IMAGE = "launcher-notebook:latest"
+sys.path.insert(0, str(ROOT))
+
+from tests.stack import run_in_notebook_image  # noqa: E402
+
 TEMPLATES = ("alpha_research", "factor_analysis", "backtest_review")
 
 
-def docker(*args: str, mounts: list[str]) -> float:
-    argv = [
-        "docker",
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-u",
-        "1000:1000",
-        "-e",
-        "HOME=/tmp",
-        "-v",
-        f"{ROOT / 'notebooks' / 'lib'}:/opt/research:ro",
-        "-e",
-        "PYTHONPATH=/opt/research",
-    ]
-    for m in mounts:
-        argv += ["-v", m]
+def timed(command: list[str], mounts: dict[Path, str]) -> float:
     t0 = time.perf_counter()
-    subprocess.run([*argv, IMAGE, *args], check=True, capture_output=True, text=True)
+    done = run_in_notebook_image(command, mounts)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-2000:])
     return time.perf_counter() - t0
 
 
@@ -59,25 +46,25 @@ def main() -> None:
         out = work / preset
         out.mkdir()
         os.chown(out, 1000, 1000)
-        seconds = docker(
-            "python3", "-m", "research.sampledata", "--preset", preset, "--out", "/out", mounts=[f"{out}:/out"]
-        )
+        seconds = timed(["python3", "-m", "research.sampledata", "--preset", preset, "--out", "/out"], {out: "/out"})
         print(f"generate --preset {preset}: {seconds:.1f} s, {size(out) / 2**20:.1f} MiB on disk")
     data = work / args.run_on
     results = work / "out"
     results.mkdir()
     os.chmod(results, 0o777)
     for name in TEMPLATES:
-        seconds = docker(
-            "python3",
-            "-m",
-            "papermill",
-            f"/templates/{name}.ipynb",
-            f"/out/{name}.ipynb",
-            "-p",
-            "output_dir",
-            f"/out/{name}",
-            mounts=[f"{data}:/data:ro", f"{ROOT / 'notebooks' / 'templates'}:/templates:ro", f"{results}:/out"],
+        seconds = timed(
+            [
+                "python3",
+                "-m",
+                "papermill",
+                f"/templates/{name}.ipynb",
+                f"/out/{name}.ipynb",
+                "-p",
+                "output_dir",
+                f"/out/{name}",
+            ],
+            {data: "/data:ro", ROOT / "notebooks" / "templates": "/templates:ro", results: "/out"},
         )
         print(f"{name} on --preset {args.run_on}: {seconds:.1f} s (papermill, including kernel start)")
     print(f"outputs kept in {work}", file=sys.stderr)

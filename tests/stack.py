@@ -76,46 +76,51 @@ def start_redis(folder: Path) -> tuple[Proc, str]:
     return proc, url
 
 
+def run_in_notebook_image(
+    command: list[str], mounts: dict[Path, str], image: str = DEFAULT_IMAGE, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """Run a command in the notebook image as a notebook runs: uid 1000, no network, read-only root,
+    the research library on PYTHONPATH. ``mounts`` maps host paths to ``/target[:ro]``."""
+    argv = [
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-u",
+        "1000:1000",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "-e",
+        "HOME=/tmp",
+        "-e",
+        "PYTHONPATH=/opt/research",
+        "-v",
+        f"{REPO_ROOT / 'notebooks' / 'lib'}:/opt/research:ro",
+    ]
+    for host, target in mounts.items():
+        argv += ["-v", f"{host}:{target}"]
+    return subprocess.run([*argv, image, *command], capture_output=True, text=True, timeout=timeout)
+
+
 def make_sample_data(dest: Path, image: str = DEFAULT_IMAGE, preset: str = "ci") -> None:
     dest.mkdir(parents=True, exist_ok=True)
     os.chown(dest, 1000, 1000)
-    subprocess.run(
-        [
-            "docker",
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "-u",
-            "1000:1000",
-            "-v",
-            f"{REPO_ROOT / 'notebooks' / 'lib'}:/opt/research:ro",
-            "-e",
-            "PYTHONPATH=/opt/research",
-            "-v",
-            f"{dest}:/out",
-            image,
-            "python3",
-            "-m",
-            "research.sampledata",
-            "--preset",
-            preset,
-            "--out",
-            "/out",
-        ],
-        check=True,
-        capture_output=True,
+    done = run_in_notebook_image(
+        ["python3", "-m", "research.sampledata", "--preset", preset, "--out", "/out"], {dest: "/out"}, image
     )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _celery(settings: Settings, *args: str) -> tuple[list[str], dict[str, str]]:
+    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO_ROOT)}
+    return [sys.executable, "-m", "celery", "-A", "workers.app", *args], env
 
 
 def start_worker(settings: Settings, log: Path, name: str) -> Proc:
-    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO_ROOT)}
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.app",
+    argv, env = _celery(
+        settings,
         "worker",
         "-Q",
         settings.worker_queues,
@@ -129,7 +134,7 @@ def start_worker(settings: Settings, log: Path, name: str) -> Proc:
         "INFO",
         "--without-gossip",
         "--without-mingle",
-    ]
+    )
     proc = spawn(name, argv, log, env=env, cwd=REPO_ROOT)
     wait_for(lambda: "ready." in proc.tail(200) or not proc.alive(), 60, f"worker {name}")
     assert proc.alive(), proc.tail()
@@ -137,13 +142,8 @@ def start_worker(settings: Settings, log: Path, name: str) -> Proc:
 
 
 def start_beat(settings: Settings, folder: Path, name: str) -> Proc:
-    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO_ROOT)}
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.app",
+    argv, env = _celery(
+        settings,
         "beat",
         "--loglevel",
         "INFO",
@@ -151,7 +151,7 @@ def start_beat(settings: Settings, folder: Path, name: str) -> Proc:
         str(folder / f"{name}-schedule"),
         "--pidfile",
         str(folder / f"{name}.pid"),
-    ]
+    )
     proc = spawn(name, argv, folder / f"{name}.log", env=env, cwd=REPO_ROOT)
     wait_for(lambda: "beat: Starting" in proc.tail(100) or not proc.alive(), 30, f"beat {name}")
     assert proc.alive(), proc.tail()

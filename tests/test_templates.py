@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
 from launcher.settings import REPO_ROOT
-from tests.stack import make_sample_data
+from tests.stack import make_sample_data, run_in_notebook_image
 
 pytestmark = pytest.mark.docker
-IMAGE = "launcher-notebook:latest"
 
 
 @pytest.fixture(scope="module")
@@ -26,31 +24,8 @@ def executed(workdir):
     out.chmod(0o777)
     results = {}
     for name in ("alpha_research", "factor_analysis", "backtest_review"):
-        run = subprocess.run(
+        run = run_in_notebook_image(
             [
-                "docker",
-                "run",
-                "--rm",
-                "--network",
-                "none",
-                "-u",
-                "1000:1000",
-                "-e",
-                "HOME=/tmp",
-                "--read-only",
-                "--tmpfs",
-                "/tmp",
-                "-v",
-                f"{data}:/data:ro",
-                "-v",
-                f"{REPO_ROOT / 'notebooks' / 'templates'}:/templates:ro",
-                "-v",
-                f"{REPO_ROOT / 'notebooks' / 'lib'}:/opt/research:ro",
-                "-e",
-                "PYTHONPATH=/opt/research",
-                "-v",
-                f"{out}:/out",
-                IMAGE,
                 "python3",
                 "-m",
                 "papermill",
@@ -60,9 +35,7 @@ def executed(workdir):
                 "output_dir",
                 f"/out/{name}",
             ],
-            capture_output=True,
-            text=True,
-            timeout=600,
+            {data: "/data:ro", REPO_ROOT / "notebooks" / "templates": "/templates:ro", out: "/out"},
         )
         assert run.returncode == 0, run.stderr[-3000:]
         results[name] = json.loads((out / name / "results.json").read_text())
