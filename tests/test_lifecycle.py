@@ -55,3 +55,32 @@ def test_stop_is_idempotent_and_start_after_stop_does_nothing(ctx):
     late = lifecycle.start(ctx, s.id)
     assert late.status == SessionStatus.STOPPED and ctx.runtime.containers == {}
     assert [e.action for e in ctx.store.audit(user="ann")].count("stopped") == 1
+
+
+def test_duplicate_start_does_not_remove_the_winners_container(ctx, monkeypatch):
+    """Two deliveries of one start racing: the one that loses the final compare-and-set leaves the
+    running container alone (it removes only what a stop superseded)."""
+    s = reserve(ctx)
+
+    def other_delivery_wins(*args, **kwargs):
+        ctx.store.transition(s.id, SessionStatus.RUNNING, actor="worker:other", url="http://x/user/y/lab")
+        return 0.01
+
+    monkeypatch.setattr(lifecycle, "wait_ready", other_delivery_wins)
+    result = lifecycle.start(ctx, s.id)
+    assert result.status == SessionStatus.RUNNING
+    assert len(ctx.runtime.containers) == 1  # the winner's container is still there
+
+
+def test_stop_during_start_removes_what_the_start_made(ctx, monkeypatch):
+    """A stop that lands while Jupyter is booting wins; the start removes its container."""
+    s = reserve(ctx)
+
+    def stop_arrives(*args, **kwargs):
+        ctx.store.transition(s.id, SessionStatus.STOPPING, actor="ann", reason="user")
+        return 0.01
+
+    monkeypatch.setattr(lifecycle, "wait_ready", stop_arrives)
+    result = lifecycle.start(ctx, s.id)
+    assert result.status == SessionStatus.STOPPING
+    assert ctx.runtime.containers == {}

@@ -102,9 +102,12 @@ def start(ctx: WorkerContext, session_id: str) -> Session | None:
             phase=None,
         )
     except Conflict:
-        # The state moved under us (a stop arrived mid-start): remove whatever this start made.
-        _discard(ctx, session_id)
+        # The state moved under us. A stop that arrived mid-start wins: remove what this start made.
+        # But if another delivery of this same start finished first (running), its container is ours
+        # too (same name): leave it alone.
         current = ctx.store.get(session_id)
+        if current is None or current.status not in (SessionStatus.RUNNING, SessionStatus.STARTING):
+            _discard(ctx, session_id)
         event(log, "session.start_superseded", **fields, status=current.status.value if current else "gone")
         return current
     except LauncherError as exc:

@@ -137,14 +137,12 @@ def generate(
     splitter = rng.random(N) < 0.10
     split_day = np.where(splitter, rng.integers(60, T - 1, N), T + 1)
     split_day = np.where((split_day > list_day) & (split_day <= delist_day), split_day, T + 1)  # within its life
-    split_now = t_idx == split_day
     price = 25.0 * np.exp(np.cumsum(np.log1p(retx), axis=0)) / np.where(t_idx >= split_day, 2.0, 1.0)
     shrout = np.where(t_idx >= split_day, 2 * shrout0, shrout0).round().astype(np.int64)
     cfac = np.where((split_day <= T) & (t_idx < split_day), 2.0, 1.0)  # 1 from the split on: 1 at the last date
     no_trade = rng.random((T, N)) < np.where(small, 0.02, 0.002)
     prc = np.where(no_trade, -price, price)
     vol = np.where(no_trade, 0, (rng.lognormal(0, 0.6, (T, N)) * shrout * 5).astype(np.int64))
-    del split_now
 
     listed = (t_idx >= list_day) & (t_idx <= delist_day)
     ti, ni = np.nonzero(listed)
