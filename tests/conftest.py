@@ -92,3 +92,31 @@ def clean_stack(stack: Stack) -> Iterator[Stack]:
     assert stack.worker.alive(), stack.worker.tail()
     yield stack
     stack.stop_everything()
+
+
+# -- a real browser ----------------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium through Playwright, headless."""
+    if not shutil.which(CHROMIUM):
+        pytest.fail("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        # Loopback only: no hostname resolves (no DNS query leaves), and new_context() aborts the rest.
+        b = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-background-networking",
+                "--disable-dev-shm-usage",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            ],
+        )
+        yield b
+        b.close()

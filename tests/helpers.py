@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -185,3 +186,13 @@ class RecordingDispatcher:
 
     def progress(self, task_id):
         return {"state": "SUCCESS", "done": 0, "total": 0}
+
+
+LOOPBACK = re.compile(r"^(http|ws)://127\.0\.0\.1[:/]")
+
+
+def new_context(browser):
+    """A browser context whose requests to anything but 127.0.0.1 are aborted before they leave."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    context.route(lambda url: not LOOPBACK.match(url), lambda route: route.abort())
+    return context

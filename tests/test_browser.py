@@ -9,52 +9,18 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sys
 
 import pytest
 
 from launcher.models import Role, SessionStatus
 from launcher.settings import REPO_ROOT
-from tests.helpers import free_port, spawn, wait_for
+from tests.helpers import free_port, new_context, spawn, wait_for
 from tests.stack import _http_ok, start_console
 from ui.auth import UserStore
 
 pytestmark = pytest.mark.docker
 ARTIFACTS = REPO_ROOT / "build" / "test-artifacts" / "browser"
-CHROMIUM = "/usr/bin/chromium"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not shutil.which(CHROMIUM):
-        pytest.fail("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        # Loopback only: no hostname resolves (no DNS query leaves), and new_context() aborts the rest.
-        b = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-background-networking",
-                "--disable-dev-shm-usage",
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-            ],
-        )
-        yield b
-        b.close()
-
-
-LOOPBACK = re.compile(r"^(http|ws)://127\.0\.0\.1[:/]")
-
-
-def new_context(browser):
-    """A browser context whose requests to anything but 127.0.0.1 are aborted before they leave."""
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
-    context.route(lambda url: not LOOPBACK.match(url), lambda route: route.abort())
-    return context
 
 
 def settle(page) -> None:

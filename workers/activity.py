@@ -15,7 +15,7 @@ from launcher.models import utcnow
 
 @dataclass(frozen=True)
 class Activity:
-    last_activity: datetime | None  # newest of server API, kernels, terminals; "now" while a kernel is busy
+    last_activity: datetime | None  # newest of kernels and terminals; "now" while a kernel is busy
     kernels: int
     kernels_busy: int
     connections: int
@@ -40,8 +40,10 @@ def probe(socket_path: Path, session_id: str, token: str, timeout: float = 2.0) 
         terminals = get("terminals")
     except ValueError:  # terminals disabled
         terminals = []
-    stamps = [_parse(status.get("last_activity"))]
-    stamps += [_parse(k.get("last_activity")) for k in kernels]
+    # Not status["last_activity"]: it counts every API request, and an open JupyterLab tab polls the
+    # API every few seconds, so an idle tab would keep the session alive forever (measured: it moves
+    # every 10 s with an idle tab open while the kernel's stays put).
+    stamps = [_parse(k.get("last_activity")) for k in kernels]
     stamps += [_parse(t.get("last_activity")) for t in terminals]
     busy = sum(1 for k in kernels if k.get("execution_state") == "busy")
     known = [s for s in stamps if s is not None]
