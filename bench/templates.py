@@ -18,9 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.stack import run_in_notebook_image  # noqa: E402
-
-TEMPLATES = ("alpha_research", "factor_analysis", "backtest_review")
+from tests.stack import TEMPLATES, run_in_notebook_image, run_template  # noqa: E402
 
 
 def timed(command: list[str], mounts: dict[Path, str]) -> float:
@@ -53,19 +51,11 @@ def main() -> None:
     results.mkdir()
     os.chmod(results, 0o777)
     for name in TEMPLATES:
-        seconds = timed(
-            [
-                "python3",
-                "-m",
-                "papermill",
-                f"/templates/{name}.ipynb",
-                f"/out/{name}.ipynb",
-                "-p",
-                "output_dir",
-                f"/out/{name}",
-            ],
-            {data: "/data:ro", ROOT / "notebooks" / "templates": "/templates:ro", results: "/out"},
-        )
+        t0 = time.perf_counter()
+        done = run_template(name, data, results)
+        if done.returncode != 0:
+            raise SystemExit(done.stderr[-2000:])
+        seconds = time.perf_counter() - t0
         print(f"{name} on --preset {args.run_on}: {seconds:.1f} s (papermill, including kernel start)")
     print(f"outputs kept in {work}", file=sys.stderr)
 

@@ -104,6 +104,25 @@ def run_in_notebook_image(
     return subprocess.run([*argv, image, *command], capture_output=True, text=True, timeout=timeout)
 
 
+TEMPLATES = ("alpha_research", "factor_analysis", "backtest_review")
+
+
+def run_template(name: str, data: Path, out: Path, image: str = DEFAULT_IMAGE) -> subprocess.CompletedProcess:
+    """Execute a template with papermill in the notebook image: data read-only, results in ``out/<name>``."""
+    command = [
+        "python3",
+        "-m",
+        "papermill",
+        f"/templates/{name}.ipynb",
+        f"/out/{name}.ipynb",
+        "-p",
+        "output_dir",
+        f"/out/{name}",
+    ]
+    mounts = {data: "/data:ro", REPO_ROOT / "notebooks" / "templates": "/templates:ro", out: "/out"}
+    return run_in_notebook_image(command, mounts, image)
+
+
 def make_sample_data(dest: Path, image: str = DEFAULT_IMAGE, preset: str = "ci") -> None:
     dest.mkdir(parents=True, exist_ok=True)
     os.chown(dest, 1000, 1000)

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from launcher.settings import REPO_ROOT
-from tests.stack import make_sample_data, run_in_notebook_image
+from tests.stack import TEMPLATES, make_sample_data, run_template
 
 pytestmark = pytest.mark.docker
 
@@ -23,20 +22,8 @@ def executed(workdir):
     out.mkdir()
     out.chmod(0o777)
     results = {}
-    for name in ("alpha_research", "factor_analysis", "backtest_review"):
-        run = run_in_notebook_image(
-            [
-                "python3",
-                "-m",
-                "papermill",
-                f"/templates/{name}.ipynb",
-                f"/out/{name}.ipynb",
-                "-p",
-                "output_dir",
-                f"/out/{name}",
-            ],
-            {data: "/data:ro", REPO_ROOT / "notebooks" / "templates": "/templates:ro", out: "/out"},
-        )
+    for name in TEMPLATES:
+        run = run_template(name, data, out)
         assert run.returncode == 0, run.stderr[-3000:]
         results[name] = json.loads((out / name / "results.json").read_text())
     print(f"\nexecuted notebooks and figures: {out}")
