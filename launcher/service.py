@@ -144,6 +144,12 @@ class LauncherService:
             raise PermissionDenied(f"{actor.name} may not see session {session_id}")
         return self._visible(actor, session)
 
+    def queue_position(self, actor: Actor, session: Session) -> int | None:
+        """1-based position of a queued session among the queued sessions of its host."""
+        if not may_act_on(actor, session.user):
+            raise PermissionDenied(f"{actor.name} may not see {session.user}'s session")
+        return self.store.queue_position(session)
+
     def list_sessions(self, actor: Actor, *, live_only: bool = True) -> list[Session]:
         self._require(actor, Permission.MANAGE_NOTEBOOKS)
         sessions = self.store.list_live() if live_only else self.store.list_recent()

@@ -25,12 +25,7 @@ case $cmd in
     scripts/build-images.sh --app
     mkdir -p "$LAUNCHER_STATE"/{data,workspaces,sessions}
     chmod 755 "$LAUNCHER_STATE"; chmod 711 "$LAUNCHER_STATE"/{workspaces,sessions}
-    if [[ ! -f $LAUNCHER_STATE/data/MANIFEST.json ]]; then
-      chown 1000:1000 "$LAUNCHER_STATE/data"
-      docker run --rm --network none -u 1000:1000 -v "$repo/notebooks/lib:/opt/research:ro" \
-        -e PYTHONPATH=/opt/research -v "$LAUNCHER_STATE/data:/out" launcher-notebook:latest \
-        python3 -m research.sampledata --preset "${SAMPLE_PRESET:-ci}" --out /out >/dev/null
-    fi
+    scripts/sample-data.sh "$LAUNCHER_STATE/data"
     compose up -d
     for _ in $(seq 100); do
       curl -sf "http://127.0.0.1:$LAUNCHER_PORT/healthz" >/dev/null && break

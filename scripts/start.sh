@@ -19,14 +19,7 @@ log() { printf '[start] %s\n' "$*" >&2; }
 [[ "${SKIP_INSTALL:-0}" == 1 ]] || scripts/install.sh
 scripts/build-images.sh
 
-data=${LAUNCHER_DATA_DIR:-$root/var/data}
-if [[ ! -f $data/MANIFEST.json ]]; then
-  log "generating sample data (${SAMPLE_PRESET:-ci} preset) into $data"
-  mkdir -p "$data" && chown 1000:1000 "$data"
-  docker run --rm --network none -u 1000:1000 -v "$root/notebooks/lib:/opt/research:ro" \
-    -e PYTHONPATH=/opt/research -v "$data:/out" launcher-notebook:latest \
-    python3 -m research.sampledata --preset "${SAMPLE_PRESET:-ci}" --out /out >/dev/null
-fi
+scripts/sample-data.sh "${LAUNCHER_DATA_DIR:-$root/var/data}"
 
 running() { [[ -f var/run/$1.pid ]] && kill -0 "$(cat "var/run/$1.pid")" 2>/dev/null; }
 launch() {  # name, command...

@@ -200,12 +200,12 @@ def start_console(settings: Settings, folder: Path, name: str = "console", **env
         "minimal",
     ]
     proc = spawn(name, argv, folder / f"{name}.log", env=env, cwd=REPO_ROOT)
-    wait_for(lambda: _http_ok(f"{url}/_stcore/health") or not proc.alive(), 60, "the console")
+    wait_for(lambda: http_ok(f"{url}/_stcore/health") or not proc.alive(), 60, "the console")
     assert proc.alive(), proc.tail()
     return proc, url
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
     try:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
@@ -273,7 +273,7 @@ def start_stack(base: Path, redis_url: str, client: docker.DockerClient, **overr
     settings.sessions_dir.mkdir(mode=0o711)
     conf = write_config(settings, base / "nginx")
     nginx = spawn("nginx", ["nginx", "-c", str(conf), "-p", str(base / "nginx")], base / "nginx.out")
-    wait_for(lambda: _http_ok(f"{settings.public_url}/healthz"), 15, "nginx entry point")
+    wait_for(lambda: http_ok(f"{settings.public_url}/healthz"), 15, "nginx entry point")
     worker = start_worker(settings, base / "worker.log", f"w-{settings.instance}")
     store = SessionStore.from_settings(settings)
     service = LauncherService(settings, store, CeleryDispatcher.from_settings(settings))

@@ -16,7 +16,7 @@ import pytest
 from launcher.models import Role, SessionStatus
 from launcher.settings import REPO_ROOT
 from tests.helpers import free_port, new_context, spawn, wait_for
-from tests.stack import _http_ok, start_console
+from tests.stack import http_ok, start_console
 from ui.auth import UserStore
 
 pytestmark = pytest.mark.docker
@@ -101,7 +101,7 @@ def test_oidc_login_maps_roles_from_a_real_provider(stack, browser, tmp_path):
         argv += ["--user-claims", json.dumps(u)]
     provider = spawn("oidc", argv, tmp_path / "oidc.log")
     metadata = f"http://127.0.0.1:{port}/.well-known/openid-configuration"
-    wait_for(lambda: _http_ok(metadata), 30, "the OIDC provider")
+    wait_for(lambda: http_ok(metadata), 30, "the OIDC provider")
     console, url = start_console(
         stack.settings,
         tmp_path,

@@ -44,6 +44,9 @@ class UserStore:
         except FileNotFoundError:
             return {}
 
+    def roles(self) -> dict[str, Role]:
+        return {name: Role(entry["role"]) for name, entry in sorted(self._load().items())}
+
     def role_of(self, user: str) -> Role | None:
         entry = self._load().get(user)
         return Role(entry["role"]) if entry else None

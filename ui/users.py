@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import sys
 
 from launcher.errors import LauncherError
@@ -41,9 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: no user {args.user!r}", file=sys.stderr)
                 return 6
         else:
-            users = json.loads(store.path.read_text()).get("users", {}) if store.path.exists() else {}
-            for name, entry in sorted(users.items()):
-                print(f"{name}\t{entry['role']}")
+            for name, role in store.roles().items():
+                print(f"{name}\t{role.value}")
     except LauncherError as exc:
         print(f"error: {exc.user_message}", file=sys.stderr)
         return exc.exit_code

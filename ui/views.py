@@ -126,7 +126,7 @@ def _session_panel(service: LauncherService, actor: Actor, s: Session) -> None:
     now = utcnow()
     if s.status == SessionStatus.QUEUED:
         waited = (now - s.created_at).total_seconds()
-        position = service.store.queue_position(s)
+        position = service.queue_position(actor, s)
         if waited > service.settings.task_pickup_timeout_s:
             st.error(
                 f"No worker has picked up this launch for {waited:.0f} s: the worker for host "

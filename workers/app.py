@@ -40,12 +40,10 @@ def _resume_unfinished(sender=None, **_: object) -> None:
     event(log, "worker.reconciled", host=ctx.settings.host_name, **counts)
     starting, stopping = lifecycle.unfinished(ctx)
     dispatcher = CeleryDispatcher(app, ctx.settings)
-    for sid in starting:
-        app.send_task("workers.tasks.start_session", args=[sid], queue=ctx.settings.host_queue)
-    for sid in stopping:
-        session = ctx.store.get(sid)
-        if session is not None:
-            reason = session.stop_reason.value if session.stop_reason else "admin"
-            dispatcher.stop(session, session.stop_requested_by or ctx.actor, reason)
+    for session in filter(None, map(ctx.store.get, starting)):
+        dispatcher.start(session)
+    for session in filter(None, map(ctx.store.get, stopping)):
+        reason = session.stop_reason.value if session.stop_reason else "admin"
+        dispatcher.stop(session, session.stop_requested_by or ctx.actor, reason)
     if starting or stopping:
         event(log, "worker.resumed", host=ctx.settings.host_name, starting=len(starting), stopping=len(stopping))

@@ -24,8 +24,12 @@ def _ensure_base(base: Path) -> Path:
 
 
 def _chown(path: Path | int, uid: int, gid: int) -> None:
-    if os.geteuid() == 0:
-        os.chown(path, uid, gid) if isinstance(path, Path) else os.fchown(path, uid, gid)
+    if os.geteuid() != 0:
+        return
+    if isinstance(path, Path):
+        os.chown(path, uid, gid)
+    else:
+        os.fchown(path, uid, gid)
 
 
 def prepare_workspace(settings: Settings, user: str) -> Path:

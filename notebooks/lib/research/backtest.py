@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from research.metrics import turnover
+
 
 @dataclass(frozen=True)
 class BacktestResult:
@@ -75,9 +77,6 @@ def backtest(
         .rename({"day": "date"})
         .sort("date")
     )
-
-    from research.metrics import turnover
-
     to = turnover(weights)
     first_days = calendar.group_by("rebal").agg(pl.col("day").min().alias("date"))
     costs = first_days.join(to, left_on="rebal", right_on="date").select(
