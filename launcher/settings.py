@@ -53,13 +53,18 @@ class Settings(BaseSettings):
     mem_limit: str = Field("8g", pattern=r"^[0-9]+[kmg]?$")
     pids_limit: int = Field(512, ge=32)
     tmp_size: str = Field("1g", pattern=r"^[0-9]+[kmg]?$")
-    notebook_uid: int = Field(1000, ge=1)
-    notebook_gid: int = Field(1000, ge=1)
+    # Notebooks run as this uid/gid: not a login account on the host (a worker refuses one that is).
+    notebook_uid: int = Field(59000, ge=1)
+    notebook_gid: int = Field(59000, ge=1)
     proxy_gid: int = Field(33, ge=0)
 
-    # The entry point of this host.
-    public_url: str = "http://127.0.0.1:8080"
+    # The entry point of this host. Each session is served on its own origin,
+    # ``<scheme>://<session id>.<host of public_url>:<port>/`` (``*.localhost`` resolves to loopback
+    # in browsers with no DNS); the console must be on another site.
+    public_url: str = Field("http://nb.localhost:8080", pattern=r"^https?://[a-z0-9.-]+(:[0-9]{1,5})?/?$")
     entrypoint_listen: str = "127.0.0.1:8080"
+    entry_cache_s: float = Field(0.5, ge=0, le=1.0)
+    open_code_ttl_s: int = Field(60, ge=5, le=300)
 
     # Timings.
     start_timeout_s: float = Field(120.0, gt=0)
@@ -114,6 +119,16 @@ class Settings(BaseSettings):
                 if getattr(self, name).get_secret_value() == dev_value:
                     raise ValueError(f"LAUNCHER_{name.upper()} must be set to a real secret in production mode")
         return self
+
+    def session_origin(self, session_id: str) -> str:
+        """The origin a session is served on: its id as a subdomain of this host's entry point."""
+        scheme, _, rest = self.public_url.rstrip("/").partition("://")
+        return f"{scheme}://{session_id}.{rest}"
+
+    @property
+    def notebook_domain(self) -> str:
+        """The host part of ``public_url``: sessions are its subdomains."""
+        return self.public_url.split("://", 1)[1].rstrip("/").split(":", 1)[0]
 
     def queue_for_host(self, host: str) -> str:
         """The Celery queue of one Docker host's worker (named per instance: installations may share a Redis)."""
