@@ -2,7 +2,8 @@
 
 Acts with operator (admin) authority. Exit 0 on success; otherwise a one-line reason on stderr and
 the exit code of the error class (see ``launcher.errors``). ``status`` never prints a token;
-``start --json`` adds ``open_url`` (with the token) for the person who launched it.
+``start`` prints ``open_url``: the session's own origin, where the owner, logged in to the console,
+opens it (no secret is ever printed).
 """
 
 from __future__ import annotations
@@ -81,8 +82,7 @@ def run(argv: Sequence[str] | None, settings: Settings) -> int:
         session = service.launch(actor, args.template, user=args.user)
         if args.wait:
             session = service.wait(actor, session.id, {SessionStatus.RUNNING}, args.timeout)
-        # The operator acts for the user: show the user's own view, with the token.
-        session = service.store.require(session.id)
+        session = service.get(actor, session.id)
         _print_session(session, args.json, with_open_url=True)
         if session.status == SessionStatus.ERROR:
             print(f"launcher: error: start failed: {session.error}", file=sys.stderr)
@@ -128,7 +128,7 @@ def run(argv: Sequence[str] | None, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     try:
-        settings = Settings()
+        settings = Settings.of_checkout()
         code = run(argv, settings)
     except LauncherError as exc:
         print(f"launcher: error: {exc.user_message}", file=sys.stderr)

@@ -1,19 +1,37 @@
-"""Render and run the per-host entry point (nginx) from settings.
+"""Render and run the per-host entry point: nginx plus its authorizer (``launcher.authorizer``).
 
 python -m launcher.entrypoint render --prefix DIR     write DIR/nginx.conf
-python -m launcher.entrypoint run --prefix DIR        render, then exec nginx in the foreground
+python -m launcher.entrypoint run --prefix DIR        render, start nginx, serve the authorizer; both
+                                                      stop when either does (SIGTERM stops both)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
+import signal
+import subprocess
+import threading
 from pathlib import Path
 
 from launcher.settings import REPO_ROOT, Settings
 
 TEMPLATE = REPO_ROOT / "docker" / "nginx" / "entrypoint.conf.template"
+
+# How nginx talks to the authorizer: HTTP/1.1 keepalive over its UNIX socket, the session id
+# captured from the Host, and the browser's Host passed through.
+_AUTHORIZER_PROXY = """proxy_pass http://nbl_authorizer;
+proxy_http_version 1.1;
+proxy_set_header Connection "";
+proxy_set_header Host $http_host;
+proxy_set_header X-Nbl-Sid $sid;
+"""
+
+
+def authorizer_socket(prefix: Path) -> Path:
+    return prefix / "auth" / "authorizer.sock"
 
 
 def render(settings: Settings, prefix: Path, *, run_as_root: bool | None = None) -> str:
@@ -28,6 +46,10 @@ def render(settings: Settings, prefix: Path, *, run_as_root: bool | None = None)
         "PREFIX": str(prefix),
         "LISTEN": settings.entrypoint_listen,
         "SESSIONS_DIR": str(settings.sessions_dir.resolve()),
+        "AUTHORIZER_SOCKET": str(authorizer_socket(prefix)),
+        "DOMAIN": settings.notebook_domain,
+        "DOMAIN_RE": re.escape(settings.notebook_domain),
+        "CONSOLE_URL": settings.console_url.replace("'", "%27").replace('"', "%22"),
     }.items():
         text = text.replace("{{" + name + "}}", value)
     return text
@@ -45,9 +67,41 @@ def _group_name(gid: int) -> str:
 def write_config(settings: Settings, prefix: Path) -> Path:
     prefix = prefix.resolve()
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+    auth = authorizer_socket(prefix).parent
+    auth.mkdir(exist_ok=True)
+    if os.geteuid() == 0:  # only root and the entry point's workers reach the authorizer
+        os.chown(auth, 0, settings.proxy_gid)
+    os.chmod(auth, 0o750)
+    (prefix / "authorizer_proxy.conf").write_text(_AUTHORIZER_PROXY)
     conf = prefix / "nginx.conf"
     conf.write_text(render(settings, prefix))
     return conf
+
+
+def run(settings: Settings, prefix: Path) -> None:
+    """nginx as a child, the authorizer in this process; when either ends, both end."""
+    from launcher import authorizer
+
+    conf = write_config(settings, prefix)
+    sock = authorizer_socket(prefix.resolve())
+    sock.unlink(missing_ok=True)
+    nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
+    nginx = subprocess.Popen([nginx_bin, "-c", str(conf), "-p", str(prefix.resolve())])
+
+    def watch() -> None:
+        nginx.wait()
+        os.kill(os.getpid(), signal.SIGTERM)  # nginx died: take the authorizer down too
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        authorizer.serve(settings, str(sock))
+    finally:
+        if nginx.poll() is None:
+            nginx.terminate()
+            try:
+                nginx.wait(10)
+            except subprocess.TimeoutExpired:
+                nginx.kill()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,12 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefix", type=Path, required=True)
     args = parser.parse_args(argv)
     settings = Settings()
-    conf = write_config(settings, args.prefix)
     if args.action == "render":
-        print(conf)
+        print(write_config(settings, args.prefix))
         return
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    os.execv(nginx, [nginx, "-c", str(conf), "-p", str(args.prefix.resolve())])
+    run(settings, args.prefix)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ class Session(BaseModel):
     host: str | None = None
     container_id: str | None = None
     token: SecretStr
-    url: str | None = None  # the entry-point URL, without the token
+    url: str | None = None  # the session's own origin on its host's entry point
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     last_activity_at: datetime | None = None
@@ -120,10 +120,11 @@ class Session(BaseModel):
         return data
 
     def open_url(self) -> str | None:
-        """The URL with the token: for the session's owner only."""
-        if self.url is None or self.status != SessionStatus.RUNNING or not self.token.get_secret_value():
+        """Where the Open link goes: the session origin's start of the open flow (no secret in it;
+        only the owner, logged in to the console, gets through)."""
+        if self.url is None or self.status != SessionStatus.RUNNING:
             return None
-        return f"{self.url}?token={self.token.get_secret_value()}"
+        return f"{self.url.rstrip('/')}/_nbl/start"
 
 
 class AuditEvent(BaseModel):

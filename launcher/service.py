@@ -42,8 +42,8 @@ class LauncherService:
 
     # -- helpers ----------------------------------------------------------------------------
     def _visible(self, actor: Actor, session: Session) -> Session:
-        """Only the owner ever receives the token."""
-        return session if actor.name == session.user else redact(session)
+        """Nobody receives the Jupyter secret: the entry point adds it upstream (launcher.webauth)."""
+        return redact(session)
 
     @staticmethod
     def _require(actor: Actor, permission: Permission) -> None:

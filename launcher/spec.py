@@ -13,7 +13,10 @@ from launcher.models import Session
 from launcher.settings import Settings
 
 LABEL_PREFIX = "io.nblauncher"
-JUPYTER_SOCKET = "/run/nb/jupyter.sock"
+SOCKET_DIR = "/run/nb"  # the session's sock/ folder: writable by the notebook only until Jupyter answers
+JUPYTER_SOCKET = f"{SOCKET_DIR}/jupyter.sock"
+SECRET_DIR = "/run/nbl"  # noqa: S105 - a path. The session's secret/ folder, read-only: the secret the entry point adds
+AUTH_FILE = f"{SECRET_DIR}/auth"
 WORKSPACE_MOUNT = "/home/jovyan/work"
 LIBRARY_MOUNT = "/opt/research"
 
@@ -34,11 +37,8 @@ def labels_for(settings: Settings, session: Session) -> dict[str, str]:
     }
 
 
-def base_path(session_id: str) -> str:
-    return f"/user/{session_id}/"
-
-
-def jupyter_command(session: Session) -> list[str]:
+def jupyter_command() -> list[str]:
+    """The same for every session: no session id, user or secret on a command line ``ps`` shows."""
     return [
         "python3",
         "-m",
@@ -46,9 +46,11 @@ def jupyter_command(session: Session) -> list[str]:
         "--no-browser",
         f"--ServerApp.sock={JUPYTER_SOCKET}",
         "--ServerApp.sock_mode=0660",
-        f"--ServerApp.base_url={base_path(session.id)}",
         f"--ServerApp.root_dir={WORKSPACE_MOUNT}",
-        # Reached only through the entry point; the token still guards every request.
+        # Trusts only the secret the entry point adds, keeps Jupyter's Origin and XSRF checks, and
+        # puts no token in JupyterLab's page (docker/notebook/nbl_identity.py).
+        "--ServerApp.identity_provider_class=nbl_identity.EntryPointIdentityProvider",
+        # Reached only through the entry point, which routes only its own session hosts.
         "--ServerApp.allow_remote_access=True",
         "--LabApp.extension_manager=readonly",
         "--LabApp.news_url=",
@@ -57,22 +59,28 @@ def jupyter_command(session: Session) -> list[str]:
 
 
 def build_container_spec(session: Session, settings: Settings, *, workspace: Path, rundir: Path) -> dict[str, Any]:
-    """Keyword arguments for ``docker.containers.create`` for this session's notebook."""
+    """Keyword arguments for ``docker.containers.create`` for this session's notebook.
+
+    ``rundir`` is the session's host folder (``workers.hostfs.prepare_rundir``): its ``sock/``
+    holds Jupyter's socket, its ``secret/`` the secret the entry point adds to every request.
+    """
     mem = settings.mem_limit
     return {
         "image": settings.notebook_image,
         "name": container_name(settings, session.id),
-        "command": jupyter_command(session),
+        "command": jupyter_command(),
         "labels": labels_for(settings, session),
         "user": f"{settings.notebook_uid}:{settings.notebook_gid}",
         "working_dir": WORKSPACE_MOUNT,
         "hostname": f"nb-{session.id}",
         "environment": {
-            "JUPYTER_TOKEN": session.token.get_secret_value(),
+            "NBL_AUTH_FILE": AUTH_FILE,
             "PYTHONPATH": LIBRARY_MOUNT,
             "DATA_PATH": "/data",
             "USER_ID": session.user,
             "HOME": "/home/jovyan",
+            "USER": "jovyan",  # the uid has no passwd entry in the image: getpass reads these
+            "LOGNAME": "jovyan",
             "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
         },
         "volumes": {
@@ -80,7 +88,8 @@ def build_container_spec(session: Session, settings: Settings, *, workspace: Pat
             str(settings.templates_dir.resolve()): {"bind": "/templates", "mode": "ro"},
             str(settings.library_dir.resolve()): {"bind": LIBRARY_MOUNT, "mode": "ro"},
             str(workspace): {"bind": WORKSPACE_MOUNT, "mode": "rw"},
-            str(rundir): {"bind": "/run/nb", "mode": "rw"},
+            str(rundir / "sock"): {"bind": SOCKET_DIR, "mode": "rw"},
+            str(rundir / "secret"): {"bind": SECRET_DIR, "mode": "ro"},
         },
         "tmpfs": {
             "/tmp": f"rw,nosuid,nodev,size={settings.tmp_size},mode=1777",

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import websocket
 
 
@@ -85,17 +84,21 @@ class ExecResult:
 
 
 class Kernel:
-    """A kernel in a running session, driven through the entry point (HTTP + WebSocket)."""
+    """A kernel in a running session, driven through the entry point (HTTP + WebSocket) by a
+    browser-like client that went through the open flow (``tests.web.OriginClient``)."""
 
-    def __init__(self, base_url: str, session_id: str, token: str) -> None:
-        self.api = f"{base_url}/user/{session_id}/api"
-        self.token = token
-        self.http = httpx.Client(headers={"Authorization": f"token {token}"}, timeout=30)
-        r = self.http.post(f"{self.api}/kernels", json={"name": "python3"})
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        r = client.post("/api/kernels", json={"name": "python3"})
         r.raise_for_status()
         self.id = r.json()["id"]
-        ws_url = self.api.replace("http://", "ws://") + f"/kernels/{self.id}/channels?token={token}"
-        self.ws = websocket.create_connection(ws_url, timeout=60)
+        self.ws = websocket.create_connection(
+            f"ws://{client.base.split('://', 1)[1]}/api/kernels/{self.id}/channels",
+            host=client.host,
+            origin=client.origin,
+            cookie=client.cookie_header(),
+            timeout=60,
+        )
         self.session = uuid.uuid4().hex
 
     def execute(self, code: str, timeout: float = 60) -> ExecResult:
@@ -161,11 +164,8 @@ class Kernel:
         return res
 
     def close(self) -> None:
-        try:
-            self.ws.close()
-            self.http.delete(f"{self.api}/kernels/{self.id}")
-        finally:
-            self.http.close()
+        self.ws.close()
+        self.client.request("DELETE", f"/api/kernels/{self.id}")
 
 
 class RecordingDispatcher:

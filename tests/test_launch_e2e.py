@@ -1,12 +1,12 @@
-"""The core loop against real Redis, a real Celery worker, real Docker and nginx."""
+"""The core loop against real Redis, a real Celery worker, real Docker and the real entry point."""
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
-from launcher.models import SessionStatus
+from launcher.models import Role, SessionStatus
 from tests.helpers import Kernel, wait_for
+from tests.web import OriginClient, make_login, opened
 
 pytestmark = pytest.mark.docker
 
@@ -14,26 +14,27 @@ RUNNING = {SessionStatus.RUNNING}
 
 
 def test_launch_open_compute_stop(clean_stack):
-    """A launch goes queued -> starting -> running, serves JupyterLab only with the token, runs 1+1, and stops."""
+    """A launch goes queued -> starting -> running, opens only through the open flow, runs 1+1, and stops."""
     st = clean_stack
     alice = st.actor("e2e-alice")
     session = st.service.launch(alice, "alpha_research")
     assert session.status == SessionStatus.QUEUED and session.host == "local"
     session = st.service.wait(alice, session.id, RUNNING, 120)
     assert session.status == SessionStatus.RUNNING, session.error
-    assert session.url == f"{st.base_url}/user/{session.id}/lab"
-    token = session.token.get_secret_value()
-    assert token not in session.url
+    assert session.url == st.settings.session_origin(session.id)
+    assert session.open_url() == f"{session.url}/_nbl/start"
 
-    with_token = httpx.get(session.open_url(), timeout=30)
-    assert with_token.status_code == 200 and "JupyterLab" in with_token.text
-    without = httpx.get(session.url, timeout=30)
-    assert without.status_code == 302 and "/login" in without.headers["location"]
-    assert httpx.get(f"{st.base_url}/user/{session.id}/api/status", timeout=10).status_code == 403
-    wrong = httpx.get(f"{st.base_url}/user/{session.id}/api/status", headers={"Authorization": "token nope"})
-    assert wrong.status_code == 403
+    anonymous = OriginClient(st.settings, session.id)
+    first = anonymous.get("/lab")
+    assert first.status_code == 302 and first.headers["location"] == "/_nbl/start", first.headers
+    assert anonymous.get("/api/status").status_code == 302
 
-    kernel = Kernel(st.base_url, session.id, token)
+    client = opened(st, session.id, "e2e-alice")
+    lab = client.get("/lab/tree/alpha_research.ipynb")
+    assert lab.status_code == 200 and "JupyterLab" in lab.text
+    assert client.get("/api/status").status_code == 200
+
+    kernel = Kernel(client)
     try:
         assert kernel.execute("1+1").result == "2"
     finally:
@@ -47,7 +48,11 @@ def test_launch_open_compute_stop(clean_stack):
     assert stopped.status == SessionStatus.STOPPED and stopped.stop_reason == "user"
     assert st.containers(session=session.id) == []
     assert not (st.settings.sessions_dir / session.id).exists()
-    assert httpx.get(session.open_url() or f"{session.url}?token={token}", timeout=10).status_code == 503
+    after = client.get("/lab")  # within the authorizer's cache (<= 1 s) the server is already gone: 503
+    assert after.status_code in (403, 503) and "Back to the console" in after.text
+    wait_for(lambda: client.get("/lab").status_code == 403, 2, "the refusal page")
+    client.close()
+    anonymous.close()
 
     actions = [e.action for e in reversed(st.store.audit(user="e2e-alice", limit=20)) if e.session_id == session.id]
     assert actions == ["queued", "starting", "running", "stopping", "stopped"]
@@ -58,7 +63,8 @@ def test_environment_mounts_and_template(clean_stack):
     st = clean_stack
     bob = st.actor("e2e-bob")
     session = st.service.wait(bob, st.service.launch(bob, "factor_analysis").id, RUNNING, 120)
-    kernel = Kernel(st.base_url, session.id, session.token.get_secret_value())
+    client = opened(st, session.id, "e2e-bob")
+    kernel = Kernel(client)
     try:
         out = kernel.execute(
             "import os, research, json\n"
@@ -75,23 +81,63 @@ def test_environment_mounts_and_template(clean_stack):
         assert lines[2:] == ["True", "True"]
     finally:
         kernel.close()
+        client.close()
     assert (st.settings.workspaces_dir / "e2e-bob" / "factor_analysis.ipynb").is_file()
 
 
-def test_secrets_stay_out_of_logs_and_views(clean_stack):
-    """The token is in no log (worker, entry point), no public view, and not in another user's view."""
+def test_secrets_stay_out_of_logs_pages_and_views(clean_stack):
+    """The Jupyter secret is in no log (worker, entry point, container), no page JupyterLab serves, no
+    service view for the owner, an admin or another researcher, and no URL."""
     st = clean_stack
     carol = st.actor("e2e-carol")
     session = st.service.wait(carol, st.service.launch(carol, "backtest_review").id, RUNNING, 120)
-    token = session.token.get_secret_value()
-    httpx.get(session.open_url(), timeout=30)
-    httpx.get(f"{st.base_url}/user/{session.id}/lab?token={token}", timeout=30)
-    admin_view = st.service.get(st.actor("e2e-admin", role="admin"), session.id)
-    assert admin_view.open_url() is None
-    assert token not in admin_view.model_dump_json()
-    assert token not in str(session.public()) and token not in repr(session)
-    logs = [st.worker.log, st.workdir / "nginx" / "access.log", st.workdir / "nginx" / "error.log"]
+    secret = st.store.get(session.id).token.get_secret_value()
+    client = opened(st, session.id, "e2e-carol")
+    pages = [client.get(path) for path in ("/lab", "/lab/tree/backtest_review.ipynb", "/api/status", "/api/me")]
+    assert all(p.status_code == 200 for p in pages), [p.status_code for p in pages]
+    for page in pages:
+        assert secret not in page.text and secret not in str(page.headers)
+    assert '"token": ""' in pages[0].text  # JupyterLab's page config carries no token
+    for viewer in (carol, st.actor("e2e-admin", role=Role.ADMIN), st.actor("e2e-dave")):
+        if viewer.name == "e2e-dave":
+            continue  # a researcher may not read another's session at all (PermissionDenied)
+        view = st.service.get(viewer, session.id)
+        assert secret not in view.model_dump_json() and secret not in (view.open_url() or "")
+        assert secret not in str(view.public()) and secret not in repr(view)
+    logs = [st.worker.log, st.workdir / "nginx" / "access.log", st.workdir / "nginx.out"]
     for log in logs:
-        if log.exists():
-            assert token not in log.read_text(errors="replace"), f"token leaked into {log}"
-    wait_for(lambda: st.worker.alive(), 1, "worker")
+        assert log.exists(), log
+        assert secret not in log.read_text(errors="replace"), f"secret leaked into {log}"
+    [container] = st.containers(session=session.id)
+    assert secret not in container.logs().decode(errors="replace")
+    assert not any(secret in e for e in container.attrs["Config"]["Env"])
+    assert secret not in " ".join(container.attrs["Config"]["Cmd"])
+    client.close()
+
+
+def test_open_code_is_single_use_and_bound_to_the_browser(clean_stack):
+    """A replayed code fails; a code minted for one browser's state does not log another browser in."""
+    st = clean_stack
+    erin = st.actor("e2e-erin")
+    session = st.service.wait(erin, st.service.launch(erin, "alpha_research").id, RUNNING, 120)
+    login = make_login(st.store.redis, st.settings, "e2e-erin")
+    from launcher.webauth import EntryAuth
+
+    auth = EntryAuth(st.store.redis, st.settings)
+    browser = OriginClient(st.settings, session.id)
+    url = auth.issue_code(login_id=login, actor=erin, session_id=session.id, state=browser.start())
+    assert browser.callback(url).status_code == 303
+    assert browser.get("/api/status").status_code == 200
+    replay = OriginClient(st.settings, session.id)
+    replay.cookies.update({k: v for k, v in browser.cookies.items() if k == "__Host-nbl-state"})
+    assert replay.callback(url).status_code == 403  # spent
+
+    victim = OriginClient(st.settings, session.id)
+    victim.start()  # the victim's browser holds its own state
+    attacker = OriginClient(st.settings, session.id)
+    minted = auth.issue_code(login_id=login, actor=erin, session_id=session.id, state=attacker.start())
+    refused = victim.callback(minted)  # the attacker sends the victim a link with its code
+    assert refused.status_code == 403 and "another browser" in refused.text
+    assert "__Host-nbl" not in victim.cookies
+    for c in (browser, replay, victim, attacker):
+        c.close()

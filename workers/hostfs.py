@@ -8,10 +8,12 @@ redirect a write.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
+import stat
 from pathlib import Path
 
-from launcher.errors import InvalidRequest
+from launcher.errors import InvalidRequest, StartFailed
 from launcher.settings import Settings
 from launcher.validation import resolve_template, safe_child, validate_user_id
 
@@ -66,19 +68,134 @@ def session_rundir(settings: Settings, session_id: str) -> Path:
     return settings.sessions_dir.resolve() / session_id
 
 
-def prepare_rundir(settings: Settings, session_id: str) -> Path:
-    """The folder holding the session's Jupyter socket.
+SOCKET_NAME = "jupyter.sock"
 
-    Owned by the notebook user, group = the proxy's group, setgid (mode 2770): the socket Jupyter
-    creates inherits the group, so only the entry point (and root) can connect to it.
+
+def prepare_rundir(settings: Settings, session_id: str, secret: str) -> Path:
+    """The session's host folder, reachable only by root and the entry point's group::
+
+        <sessions>/<sid>/            root:proxy 0750   (host accounts, the notebook uid included, stop here)
+            sock/                    uid:proxy 2770    mounted at /run/nb; locked to root once Jupyter answers
+            secret/auth              root:gid  0440    mounted read-only at /run/nbl: what the entry point adds
+
+    Safe to repeat for a retried start: the folders are fixed up and the secret rewritten.
     """
     base = _ensure_base(settings.sessions_dir)
     path = safe_child(base, session_id)
-    path.mkdir(mode=0o770, exist_ok=True)
-    _chown(path, settings.notebook_uid, settings.proxy_gid)
-    os.chmod(path, 0o2770)
+    path.mkdir(mode=0o750, exist_ok=True)
+    _own(path, 0, settings.proxy_gid, 0o750)
+    sock = path / "sock"
+    existed = sock.is_dir() and not sock.is_symlink()
+    sock.mkdir(mode=0o770, exist_ok=True)
+    if not existed or os.lstat(sock).st_uid != 0:  # never unlock a socket folder once locked
+        _own(sock, settings.notebook_uid, settings.proxy_gid, 0o2770)
+    secret_dir = path / "secret"
+    secret_dir.mkdir(mode=0o750, exist_ok=True)
+    _own(secret_dir, 0, settings.notebook_gid, 0o750)
+    tmp = secret_dir / ".auth.tmp"
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o440)
+    try:
+        _chown(fd, 0, settings.notebook_gid)
+        os.write(fd, secret.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, secret_dir / "auth")
+    return path
+
+
+def _own(path: Path, uid: int, gid: int, mode: int) -> None:
+    if path.is_symlink():
+        raise InvalidRequest(f"{path} is a symlink; an operator must remove it")
+    _chown(path, uid, gid)
+    os.chmod(path, mode)
+
+
+def read_secret(settings: Settings, session_id: str) -> str:
+    """The secret a session's entry point adds (how reconcile recovers a session Redis lost)."""
+    path = session_rundir(settings, session_id) / "secret" / "auth"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as f:
+        return f.read(256).decode(errors="replace").strip()
+
+
+def socket_path(settings: Settings, session_id: str) -> Path:
+    return session_rundir(settings, session_id) / "sock" / SOCKET_NAME
+
+
+def lock_socket(settings: Settings, session_id: str) -> Path:
+    """Once Jupyter answers: make the socket folder root's, so the notebook can no longer replace,
+    remove or redirect its socket (nginx and the worker trust whatever sits at that path).
+
+    Refuses anything at the path that is not the socket the notebook's own uid created, or a folder
+    holding anything else. Idempotent (a locked folder is checked again and left as it is).
+    """
+    sock_dir = session_rundir(settings, session_id) / "sock"
+    path = sock_dir / SOCKET_NAME
+    locked = os.lstat(sock_dir).st_uid == 0
+    st = os.lstat(path)
+    owner = 0 if locked else settings.notebook_uid
+    if not stat.S_ISSOCK(st.st_mode) or (os.geteuid() == 0 and st.st_uid != owner):
+        raise StartFailed(
+            "the notebook server's socket is not what the launcher created; the session was stopped",
+            f"refusing {path}: mode {oct(st.st_mode)} uid {st.st_uid}",
+        )
+    extra = sorted(set(os.listdir(sock_dir)) - {SOCKET_NAME})
+    if extra:
+        raise StartFailed(
+            "the notebook server's socket folder holds unexpected files; the session was stopped",
+            f"refusing {sock_dir}: unexpected entries {extra[:5]!r}",
+        )
+    if not locked and os.geteuid() == 0:
+        os.chown(sock_dir, 0, settings.proxy_gid)
+        os.chmod(sock_dir, 0o750)
+        os.chown(path, 0, settings.proxy_gid, follow_symlinks=False)
+        os.chmod(path, 0o660)
+    return path
+
+
+def checked_socket(settings: Settings, session_id: str) -> Path:
+    """The session's socket path, if it is still the locked socket (never a symlink or a file)."""
+    path = socket_path(settings, session_id)
+    st = os.lstat(path)
+    if not stat.S_ISSOCK(st.st_mode) or (os.geteuid() == 0 and st.st_uid != 0):
+        raise OSError(f"{path} is not the session's locked socket")
     return path
 
 
 def remove_rundir(settings: Settings, session_id: str) -> None:
     shutil.rmtree(session_rundir(settings, session_id), ignore_errors=True)
+
+
+# -- the notebook identity -------------------------------------------------------------------
+
+_NO_LOGIN_SHELLS = frozenset({"", "/usr/sbin/nologin", "/sbin/nologin", "/bin/false", "/usr/bin/false", "/bin/sync"})
+
+
+def login_account_conflict(uid: int, gid: int, accounts: list[pwd.struct_passwd]) -> str | None:
+    """Why ``uid``/``gid`` may not run notebooks on a host with these accounts, or None.
+
+    A notebook's processes run as this uid on the host kernel: a login account with the same uid
+    could read their memory, environment and files. So the uid must be no account that can log in,
+    and the gid no such account's primary group.
+    """
+    for account in accounts:
+        can_log_in = account.pw_shell not in _NO_LOGIN_SHELLS
+        if account.pw_uid == uid and (can_log_in or uid == 0):
+            return f"uid {uid} is the host account {account.pw_name!r}"
+        if account.pw_gid == gid and can_log_in:
+            return f"gid {gid} is the primary group of the host account {account.pw_name!r}"
+    return None
+
+
+def check_notebook_identity(settings: Settings) -> None:
+    """Refuse to start notebooks as a host login account (``LAUNCHER_NOTEBOOK_UID``/``_GID``)."""
+    why = login_account_conflict(settings.notebook_uid, settings.notebook_gid, pwd.getpwall())
+    if why:
+        raise StartFailed(
+            "this Docker host is misconfigured (notebook uid); an operator must fix it",
+            f"{why}: set LAUNCHER_NOTEBOOK_UID and LAUNCHER_NOTEBOOK_GID to ids no login account uses",
+        )

@@ -59,7 +59,6 @@ class Runtime(Protocol):
     def state(self, name: str) -> ContainerState: ...
     def stop(self, name: str, timeout: int = 10) -> None: ...
     def list_managed(self, instance: str) -> list[ManagedContainer]: ...
-    def env(self, name: str) -> dict[str, str]: ...
 
 
 def _state_of(attrs: dict[str, Any]) -> ContainerState:
@@ -147,15 +146,6 @@ class DockerRuntime:
             ManagedContainer(id=c.id, name=c.name, state=_state_of(c.attrs), labels=dict(c.labels)) for c in containers
         ]
 
-    def env(self, name: str) -> dict[str, str]:
-        """The container's environment (how reconcile recovers a lost session's token)."""
-        with _docker_errors():
-            try:
-                pairs = self._client.containers.get(name).attrs["Config"]["Env"] or []
-            except docker.errors.NotFound:
-                return {}
-        return dict(p.split("=", 1) for p in pairs if "=" in p)
-
     def stats_memory(self, name: str) -> int | None:
         """Current memory usage in bytes as the cgroup reports it (for benchmarks)."""
         with _docker_errors():
@@ -173,7 +163,6 @@ class _FakeContainer:
     name: str
     labels: dict[str, str]
     state: ContainerState
-    env: dict[str, str] = field(default_factory=dict)
 
 
 class FakeRuntime:
@@ -197,9 +186,7 @@ class FakeRuntime:
                 return Handle(id=existing.id, name=name, adopted=True)
             self._seq += 1
             cid = f"fake{self._seq:060d}"
-            self.containers[name] = _FakeContainer(
-                cid, name, dict(spec["labels"]), ContainerState.RUNNING, dict(spec.get("environment", {}))
-            )
+            self.containers[name] = _FakeContainer(cid, name, dict(spec["labels"]), ContainerState.RUNNING)
             return Handle(id=cid, name=name)
 
     def state(self, name: str) -> ContainerState:
@@ -216,7 +203,3 @@ class FakeRuntime:
             for c in self.containers.values()
             if c.labels.get(f"{LABEL_PREFIX}.instance") == instance
         ]
-
-    def env(self, name: str) -> dict[str, str]:
-        container = self.containers.get(name)
-        return dict(container.env) if container else {}
