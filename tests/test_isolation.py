@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import subprocess
 
-import httpx
 import pytest
 
 from launcher.models import SessionStatus
 from tests.helpers import Kernel, wait_for
+from tests.web import opened
 
 pytestmark = pytest.mark.docker
 
@@ -28,9 +28,11 @@ def two_sessions(stack):
     sb = stack.service.wait(b, sb.id, {SessionStatus.RUNNING}, 120)
     assert sa.status == sb.status == SessionStatus.RUNNING
     (stack.settings.workspaces_dir / "iso-b" / "secret-of-b.txt").write_text("b's private notes")
-    kernel = Kernel(stack.base_url, sa.id, sa.token.get_secret_value())
+    client = opened(stack, sa.id, "iso-a")
+    kernel = Kernel(client)
     yield stack, sa, sb, kernel
     kernel.close()
+    client.close()
     stack.stop_everything()
 
 
@@ -70,8 +72,11 @@ def test_data_templates_library_and_root_are_read_only(two_sessions):
         "/usr/local/lib/x",
     ]:
         assert errno_of(k, f"open({path!r}, 'w').write('x')") in {"EROFS", "EACCES"}, path
-    assert errno_of(k, "open('/data/wrds/crsp/daily/2024.parquet', 'ab')") == "EROFS"
-    assert errno_of(k, "os.remove('/data/MANIFEST.json')") == "EROFS"
+    # The data files belong to another uid, and the mount itself is read-only as well.
+    assert errno_of(k, "open('/data/wrds/crsp/daily/2024.parquet', 'ab')") in {"EROFS", "EACCES"}
+    assert errno_of(k, "os.remove('/data/MANIFEST.json')") in {"EROFS", "EACCES"}
+    mounts = run(k, "print([l.split()[5] for l in open('/proc/self/mountinfo') if l.split()[4] == '/data'])")
+    assert mounts.startswith("['ro,"), mounts
 
 
 def test_workspace_is_writable_and_lands_in_the_users_host_folder(two_sessions):
@@ -135,8 +140,8 @@ def test_no_network_route_out(two_sessions):
 
 
 def test_not_root_no_capabilities_no_new_privileges(two_sessions):
-    """The notebook runs as uid 1000 with an empty capability set and no_new_privs."""
-    _, _, _, k = two_sessions
+    """The notebook runs as the configured non-login uid with an empty capability set and no_new_privs."""
+    st_, _, _, k = two_sessions
     out = run(
         k,
         (
@@ -146,7 +151,8 @@ def test_not_root_no_capabilities_no_new_privileges(two_sessions):
             "st['CapBnd'].strip(), st['NoNewPrivs'].strip())\n"
         ),
     )
-    assert out == "1000 1000 1000 0000000000000000 0000000000000000 0000000000000000 1"
+    uid, gid = st_.settings.notebook_uid, st_.settings.notebook_gid
+    assert uid != 1000 and out == f"{uid} {uid} {gid} 0000000000000000 0000000000000000 0000000000000000 1"
     assert errno_of(k, "os.setuid(0)") == "EPERM"
     assert errno_of(k, "os.chown('/home/jovyan/work', 0, 0)") == "EPERM"
 
@@ -191,20 +197,18 @@ def test_fork_loop_is_capped(two_sessions):
 
 def test_memory_hog_kills_the_kernel_not_the_server(two_sessions):
     """Allocating past the memory limit kills the kernel; Jupyter, the worker and the stack live on."""
-    st, sa, _, _ = two_sessions
-    token = sa.token.get_secret_value()
-    hog = Kernel(st.base_url, sa.id, token)
+    st, sa, _, k = two_sessions
+    hog = Kernel(k.client)
     try:
         res = hog.execute("b = b'x' * (1536 << 20)\nprint(len(b))", timeout=120)
         assert res.kernel_died and "1610612736" not in res.stdout
     finally:
         hog.close()
-    status = httpx.get(f"{st.base_url}/user/{sa.id}/api/status", headers={"Authorization": f"token {token}"})
-    assert status.status_code == 200
+    assert k.client.get("/api/status").status_code == 200
     [container] = st.containers(session=sa.id)
     assert container.status == "running"
     assert st.worker.alive()
-    fresh = Kernel(st.base_url, sa.id, token)
+    fresh = Kernel(k.client)
     try:
         assert wait_for(lambda: fresh.execute("6*7").result == "42", 60, "a fresh kernel after the OOM kill")
     finally:

@@ -76,7 +76,9 @@ def prepare_rundir(settings: Settings, session_id: str, secret: str) -> Path:
 
         <sessions>/<sid>/            root:proxy 0750   (host accounts, the notebook uid included, stop here)
             sock/                    uid:proxy 2770    mounted at /run/nb; locked to root once Jupyter answers
-            secret/auth              root:gid  0440    mounted read-only at /run/nbl: what the entry point adds
+            secret/auth              root:gid  0440    mounted read-only at /run/nbl: what the entry point adds;
+                                               deleted once Jupyter has read it (``retire_secret``)
+            secret.root              root      0400    the copy reconcile reads back; never mounted
 
     Safe to repeat for a retried start: the folders are fixed up and the secret rewritten.
     """
@@ -101,7 +103,24 @@ def prepare_rundir(settings: Settings, session_id: str, secret: str) -> Path:
     finally:
         os.close(fd)
     os.replace(tmp, secret_dir / "auth")
+    _write_private(path / "secret.root", secret)
     return path
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def retire_secret(settings: Settings, session_id: str) -> None:
+    """Once Jupyter answers it holds the secret in memory: remove the copy its kernels could read."""
+    (session_rundir(settings, session_id) / "secret" / "auth").unlink(missing_ok=True)
 
 
 def _own(path: Path, uid: int, gid: int, mode: int) -> None:
@@ -113,7 +132,7 @@ def _own(path: Path, uid: int, gid: int, mode: int) -> None:
 
 def read_secret(settings: Settings, session_id: str) -> str:
     """The secret a session's entry point adds (how reconcile recovers a session Redis lost)."""
-    path = session_rundir(settings, session_id) / "secret" / "auth"
+    path = session_rundir(settings, session_id) / "secret.root"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:

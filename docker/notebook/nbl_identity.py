@@ -9,12 +9,15 @@ form, no login cookie). Two things differ from a stock token setup, on purpose:
 - a request it accepts is *not* marked token-authenticated, so Jupyter keeps its own Origin and
   XSRF checks (a token-authenticated request skips both: jupyter_server ``should_check_origin``).
 
-The secret is read once from the file named by ``NBL_AUTH_FILE`` (mounted read-only), never from
-the environment, where a same-uid process on the host could read it in ``/proc/<pid>/environ``.
+The secret is read once, at start, from the file named by ``NBL_AUTH_FILE`` (mounted read-only;
+the worker deletes it once the server answers), never from the environment, where a same-uid
+process could read it in ``/proc/<pid>/environ``. The server then makes itself non-dumpable, so
+neither its kernels nor any same-uid process on the host can read its memory or ``/proc`` files.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hmac
 import os
 
@@ -22,6 +25,7 @@ from jupyter_server.auth.identity import IdentityProvider, User
 from traitlets import default
 
 MAX_SECRET_BYTES = 256
+PR_SET_DUMPABLE = 4
 
 
 def _read_secret() -> bytes:
@@ -49,6 +53,8 @@ class EntryPointIdentityProvider(IdentityProvider):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self._secret = _read_secret()
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            raise SystemExit("could not make the notebook server non-dumpable")
         name = os.environ.get("USER_ID") or "jovyan"
         self._user = User(username=name, name=name, display_name=name)
 
