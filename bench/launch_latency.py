@@ -4,8 +4,9 @@
 
 Starts its own real stack (Redis, nginx entry point, Celery worker, notebook containers on the
 local Docker engine), measures, prints the figures and writes bench/results/launch.json.
-"Ready" means Jupyter answers /api/status *through the entry point* with the session's token:
-the moment a person clicking Open would get JupyterLab.
+"Ready" means Jupyter answers /api/status *through the entry point* for a browser-like client that
+went through the open flow (state cookie, one-time code, the origin's cookie): the moment a person
+clicking Open would get JupyterLab.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from launcher.models import Actor, SessionStatus  # noqa: E402
 from tests.stack import docker_client, start_redis, start_stack  # noqa: E402
+from tests.web import opened  # noqa: E402
 
 OPERATOR = Actor.operator("bench")
 
@@ -36,20 +36,20 @@ def pct(values: list[float], p: float) -> float:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
-def launch_until_ready(stack, user: str, client: httpx.Client) -> tuple[float, str]:
+def launch_until_ready(stack, user: str) -> tuple[float, str]:
     t0 = time.perf_counter()
     session = stack.service.launch(stack.actor(user), "alpha_research")
-    token = session.token.get_secret_value()
-    url = f"{stack.base_url}/user/{session.id}/api/status"
     while True:
-        try:
-            if client.get(url, headers={"Authorization": f"token {token}"}).status_code == 200:
-                return time.perf_counter() - t0, session.id
-        except httpx.HTTPError:
-            pass
         current = stack.store.get(session.id)
         if current.status == SessionStatus.ERROR:
             raise SystemExit(f"launch failed: {current.error}")
+        if current.status == SessionStatus.RUNNING:
+            client = opened(stack, session.id, user)
+            try:
+                if client.get("/api/status").status_code == 200:
+                    return time.perf_counter() - t0, session.id
+            finally:
+                client.close()
         time.sleep(0.01)
 
 
@@ -84,12 +84,11 @@ def main() -> None:
     work.chmod(0o755)
     redis_proc, redis_url = start_redis(work)
     stack = start_stack(work / "stack", redis_url, docker_client(), mem_limit="2g", cpus=2.0)
-    client = httpx.Client(timeout=5)
     results: dict[str, object] = {}
     try:
         ready, stops = [], []
         for i in range(args.launches):
-            latency, sid = launch_until_ready(stack, f"bench-{i}", client)
+            latency, sid = launch_until_ready(stack, f"bench-{i}")
             ready.append(latency)
             if i == args.launches - 1:
                 time.sleep(5)  # let the idle server settle before measuring memory
@@ -110,7 +109,7 @@ def main() -> None:
         ids: dict[str, str] = {}
 
         def one(i: int) -> None:
-            latency, sid = launch_until_ready(stack, f"conc-{i}", httpx.Client(timeout=5))
+            latency, sid = launch_until_ready(stack, f"conc-{i}")
             per_session.append(latency)
             ids[f"conc-{i}"] = sid
 

@@ -263,7 +263,7 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 def build(settings: Settings) -> Authorizer:
     client = redis.asyncio.Redis.from_url(
-        settings.redis_url, decode_responses=True, socket_timeout=2, socket_connect_timeout=2
+        settings.redis_dsn(), decode_responses=True, socket_timeout=2, socket_connect_timeout=2
     )
     return Authorizer(settings, client)
 

@@ -30,6 +30,9 @@ proxy_set_header X-Nbl-Sid $sid;
 """
 
 
+_HSTS = 'add_header Strict-Transport-Security "max-age=31536000" always;'
+
+
 def authorizer_socket(prefix: Path) -> Path:
     return prefix / "auth" / "authorizer.sock"
 
@@ -50,9 +53,24 @@ def render(settings: Settings, prefix: Path, *, run_as_root: bool | None = None)
         "DOMAIN": settings.notebook_domain,
         "DOMAIN_RE": re.escape(settings.notebook_domain),
         "CONSOLE_URL": settings.console_url.replace("'", "%27").replace('"', "%22"),
+        "SSL": " ssl" if settings.entrypoint_tls_cert else "",
+        "TLS": _tls_directives(settings),
+        "HSTS": _HSTS if settings.entrypoint_tls_cert else "",
     }.items():
         text = text.replace("{{" + name + "}}", value)
     return text
+
+
+def _tls_directives(settings: Settings) -> str:
+    """TLS for the notebook domain and its wildcard (one certificate), when the entry point terminates it."""
+    if settings.entrypoint_tls_cert is None or settings.entrypoint_tls_key is None:
+        return ""
+    return (
+        f"    ssl_certificate {settings.entrypoint_tls_cert.resolve()};\n"
+        f"    ssl_certificate_key {settings.entrypoint_tls_key.resolve()};\n"
+        "    ssl_protocols TLSv1.2 TLSv1.3;\n"
+        "    ssl_session_cache shared:nbl_tls:1m;\n"
+    )
 
 
 def _group_name(gid: int) -> str:

@@ -143,7 +143,7 @@ class EntryAuth:
             # The same answer whether the session exists or not: ids of others are not confirmed.
             raise NotFound("this notebook is not one of yours; open your own from the console")
         if session.status != SessionStatus.RUNNING or not session.url:
-            raise NotFound(f"this notebook is {session.status.value}, not running; start it again from the console")
+            raise NotFound("this notebook is not running (any more); start it again from the console")
         code = new_secret()
         record = {"sid": session_id, "user": actor.name, "login": login_id, "state": digest(state)}
         self._r.set(self.prefix + "nbcode:" + digest(code), json.dumps(record), ex=self.settings.open_code_ttl_s)

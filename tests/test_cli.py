@@ -7,10 +7,10 @@ import os
 import subprocess
 import sys
 
-import httpx
 import pytest
 
 from launcher.settings import REPO_ROOT
+from tests.web import opened
 
 pytestmark = pytest.mark.docker
 
@@ -28,15 +28,19 @@ def cli(stack, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_start_status_stop(clean_stack):
-    """start --wait --json gives the record with url and open_url; status hides the token; stop stops."""
+    """start --wait --json gives the record with its origin and Open link (no secret anywhere); stop stops."""
     st = clean_stack
     res = cli(st, "start", "--user", "cli-user", "--template", "alpha_research", "--wait", "--json")
     assert res.returncode == 0, res.stderr
     record = json.loads(res.stdout)
     assert record["status"] == "running" and record["container_id"] and record["user"] == "cli-user"
-    assert record["url"].endswith(f"/user/{record['id']}/lab") and "token" not in record["url"]
-    token = record["open_url"].split("token=", 1)[1]
-    assert httpx.get(record["open_url"], timeout=30).status_code == 200
+    assert record["url"] == st.settings.session_origin(record["id"])
+    assert record["open_url"] == record["url"] + "/_nbl/start"
+    token = st.store.get(record["id"]).token.get_secret_value()
+    assert token not in res.stdout and token not in res.stderr
+    client = opened(st, record["id"], "cli-user")
+    assert client.get("/api/status").status_code == 200
+    client.close()
 
     status = cli(st, "status", "--user", "cli-user", "--json")
     assert status.returncode == 0 and token not in status.stdout

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 import websocket
@@ -69,7 +72,9 @@ class _Capture(BaseHTTPRequestHandler):
     seen: list[dict[str, str]] = []
 
     def _answer(self) -> None:
-        _Capture.seen.append({"method": self.command, "path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
+        _Capture.seen.append(
+            {"method": self.command, "path": self.path, **{k.lower(): v for k, v in self.headers.items()}}
+        )
         body = json.dumps({"ok": True}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -179,7 +184,9 @@ def test_requests_from_other_origins_are_refused_before_the_notebook(entry):
     browser, _ = _opened(settings, store.redis, session)
     sibling = "http://zzzzzzzzzzzz." + settings.public_url.split("://", 1)[1]
     _Capture.seen.clear()
-    post = browser.post("/api/contents", json={"type": "file"}, headers={"Origin": sibling, "Sec-Fetch-Site": "same-site"})
+    post = browser.post(
+        "/api/contents", json={"type": "file"}, headers={"Origin": sibling, "Sec-Fetch-Site": "same-site"}
+    )
     assert post.status_code == 403
     read = browser.get("/api/contents", headers={"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors"})
     assert read.status_code == 403
@@ -193,7 +200,9 @@ def test_requests_from_other_origins_are_refused_before_the_notebook(entry):
         )
     assert refused.value.status_code == 403
     assert _Capture.seen == []
-    nav = browser.get("/lab", headers={"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"})
+    nav = browser.get(
+        "/lab", headers={"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    )
     assert nav.status_code == 200
     browser.close()
 
@@ -230,15 +239,23 @@ def test_the_open_code_is_refused_for_others_and_for_stopped_sessions(entry):
     auth = EntryAuth(store.redis, settings)
     state = "s" * 43
     with pytest.raises(NotFound):
-        auth.issue_code(login_id="x", actor=Actor(name="ep-bob", role=Role.RESEARCHER), session_id=session.id, state=state)
+        auth.issue_code(
+            login_id="x", actor=Actor(name="ep-bob", role=Role.RESEARCHER), session_id=session.id, state=state
+        )
     with pytest.raises(NotFound):  # admins manage sessions; they do not get into other people's notebooks
         auth.issue_code(login_id="x", actor=Actor(name="ep-root", role=Role.ADMIN), session_id=session.id, state=state)
     with pytest.raises(PermissionDenied):
-        auth.issue_code(login_id="x", actor=Actor(name="ep-alice", role=Role.VIEWER), session_id=session.id, state=state)
+        auth.issue_code(
+            login_id="x", actor=Actor(name="ep-alice", role=Role.VIEWER), session_id=session.id, state=state
+        )
     with pytest.raises(InvalidRequest):
-        auth.issue_code(login_id="x", actor=Actor(name="ep-alice", role=Role.RESEARCHER), session_id="../x", state=state)
+        auth.issue_code(
+            login_id="x", actor=Actor(name="ep-alice", role=Role.RESEARCHER), session_id="../x", state=state
+        )
     with pytest.raises(InvalidRequest):
-        auth.issue_code(login_id="x", actor=Actor(name="ep-alice", role=Role.RESEARCHER), session_id=session.id, state="")
+        auth.issue_code(
+            login_id="x", actor=Actor(name="ep-alice", role=Role.RESEARCHER), session_id=session.id, state=""
+        )
 
 
 def test_refusals_and_settings_paths(entry):
@@ -251,3 +268,59 @@ def test_refusals_and_settings_paths(entry):
     assert client.get("/lab").status_code == 404
     client.close()
     assert Path(settings.sessions_dir).stat().st_mode & 0o777 == 0o711
+
+
+def _wildcard_certificate(folder: Path, domain: str) -> tuple[Path, Path]:
+    """A self-signed certificate for ``domain`` and ``*.domain`` (openssl), as a deployment would buy."""
+    cert, key = folder / "wildcard.crt", folder / "wildcard.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", str(key), "-out", str(cert), "-subj", f"/CN=*.{domain}",
+            "-addext", f"subjectAltName=DNS:*.{domain},DNS:{domain}",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_with_a_wildcard_certificate(entry, workdir):
+    """With a wildcard certificate the entry point serves session origins over https only, and the open
+    flow and the notebook work through it with the certificate verified against the session's host name."""
+    settings, store, session, secret = entry
+    folder = workdir / "tls"
+    folder.mkdir(mode=0o755)
+    cert, key = _wildcard_certificate(folder, "nb.localhost")
+    port = free_port()
+    tls = settings.model_copy(
+        update={
+            "public_url": f"https://nb.localhost:{port}",
+            "entrypoint_listen": f"127.0.0.1:{port}",
+            "entrypoint_tls_cert": cert,
+            "entrypoint_tls_key": key,
+        }
+    )
+    proc = start_entrypoint(tls, folder / "nginx", health_scheme="https")
+    store.transition(
+        session.id, None, actor="test", expected={SessionStatus.RUNNING}, url=tls.session_origin(session.id)
+    )
+    try:
+        browser = OriginClient(tls, session.id, verify=ssl.create_default_context(cafile=str(cert)))
+        browser.open(
+            store.redis, make_login(store.redis, tls, session.user), Actor(name=session.user, role=Role.RESEARCHER)
+        )
+        _Capture.seen.clear()
+        r = browser.get("/api/status")
+        assert r.status_code == 200 and r.headers["strict-transport-security"].startswith("max-age=")
+        assert _Capture.seen[-1]["x-nbl-auth"] == secret and _Capture.seen[-1]["x-forwarded-proto"] == "https"
+        browser.close()
+        with pytest.raises(httpx.ConnectError):  # a name the certificate does not cover is refused
+            httpx.get(f"https://127.0.0.1:{port}/healthz", verify=ssl.create_default_context(cafile=str(cert)))
+        plain = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert plain.status_code == 400  # plain HTTP on the TLS port gets nginx's refusal, nothing else
+    finally:
+        proc.stop()
+        store.transition(
+            session.id, None, actor="test", expected={SessionStatus.RUNNING}, url=settings.session_origin(session.id)
+        )

@@ -10,13 +10,13 @@ import threading
 import time
 
 import docker
-import httpx
 import pytest
 
 from launcher.models import Actor, SessionStatus
 from launcher.spec import LABEL_PREFIX, container_name
 from tests.helpers import Kernel, wait_for
 from tests.stack import start_beat, start_stack
+from tests.web import opened
 
 pytestmark = pytest.mark.docker
 IDLE = 6.0
@@ -74,7 +74,8 @@ def test_idle_session_is_reaped_with_reason_idle(rstack):
 def test_long_silent_cell_is_not_reaped(rstack):
     """A kernel busy in a cell that prints nothing (time.sleep) keeps the session alive past the timeout."""
     s = launch(rstack, "busy-bea")
-    kernel = Kernel(rstack.base_url, s.id, s.token.get_secret_value())
+    client = opened(rstack, s.id, "busy-bea")
+    kernel = Kernel(client)
     outcome = {}
     worker = threading.Thread(target=lambda: outcome.update(r=kernel.execute("import time; time.sleep(3 * 6)", 120)))
     worker.start()
@@ -84,6 +85,7 @@ def test_long_silent_cell_is_not_reaped(rstack):
     worker.join()
     assert outcome["r"].status == "ok"
     kernel.close()
+    client.close()
     ended = rstack.service.wait(OP, s.id, ENDED, 60)  # idle once the cell is done
     assert ended.stop_reason == "idle"
     assert (ended.stopped_at - s.started_at).total_seconds() > 3 * IDLE
@@ -92,14 +94,15 @@ def test_long_silent_cell_is_not_reaped(rstack):
 def test_open_but_idle_tab_is_reaped(rstack):
     """A connected kernel WebSocket with no execution does not count as activity."""
     s = launch(rstack, "tab-tom")
-    kernel = Kernel(rstack.base_url, s.id, s.token.get_secret_value())
+    client = opened(rstack, s.id, "tab-tom")
+    kernel = Kernel(client)
     try:
         ended = rstack.service.wait(OP, s.id, ENDED, 60)
         assert ended.stop_reason == "idle"
         assert rstack.store.get(s.id).connections >= 1  # the heartbeat saw the open connection
     finally:
         kernel.ws.close()
-        kernel.http.close()
+        client.close()
 
 
 def test_killed_container_is_detected(rstack):
@@ -115,25 +118,31 @@ def test_killed_container_is_detected(rstack):
 def test_oom_killed_container_is_reported_as_oom(rstack):
     """A notebook whose server is killed by the memory limit is reported as OOM."""
     s = launch(rstack, "oom-olga")
-    kernel = Kernel(rstack.base_url, s.id, s.token.get_secret_value())
-    # Make the Jupyter server the OOM killer's first choice (raising one's own processes' score
-    # needs no privilege), then allocate past the limit.
-    res = kernel.execute(
-        "import os\nopen(f'/proc/{os.getppid()}/oom_score_adj', 'w').write('1000')\nb = b'x' * (1536 << 20)",
-        timeout=120,
-    )
+    client = opened(rstack, s.id, "oom-olga")
+    kernel = Kernel(client)
+    # Make the Jupyter server the OOM killer's first choice, then allocate past the limit. (From the
+    # host: the server is non-dumpable, so its own kernels cannot touch its /proc files.)
+    container = rstack.docker.containers.get(container_name(rstack.settings, s.id))
+    titles = container.top()["Titles"]
+    procs = [dict(zip(titles, p, strict=False)) for p in container.top()["Processes"]]
+    [server] = [p for p in procs if p["CMD"].startswith("python3 -m jupyterlab")]
+    with open(f"/proc/{server['PID']}/oom_score_adj", "w") as f:
+        f.write("1000")
+    res = kernel.execute("b = b'x' * (1536 << 20)", timeout=120)
     assert res.kernel_died or res.error
     kernel.ws.close()
-    kernel.http.close()
+    client.close()
     ended = rstack.service.wait(OP, s.id, ENDED, 60)
     assert ended.status == SessionStatus.ERROR and ended.stop_reason == "oom", ended
     assert "ran out of memory" in ended.error
 
 
 def test_redis_flush_then_reconcile_brings_sessions_back(rstack):
-    """After Redis loses everything, reconcile adopts the running notebooks: same users, templates, tokens."""
+    """After Redis loses everything, reconcile adopts the running notebooks: same users, templates, secrets,
+    and their owners open them again."""
     a = launch(rstack, "flush-ann", "alpha_research")
     b = launch(rstack, "flush-ben", "factor_analysis")
+    secrets_before = {s.id: rstack.store.get(s.id).token.get_secret_value() for s in (a, b)}
     rstack.store.redis.flushall()
     assert rstack.store.get(a.id) is None
     result = rstack.service.dispatcher.app.send_task("workers.tasks.reconcile", queue=rstack.settings.host_queue).get(
@@ -149,8 +158,10 @@ def test_redis_flush_then_reconcile_brings_sessions_back(rstack):
             before.template,
             SessionStatus.RUNNING,
         )
-        assert back.token.get_secret_value() == before.token.get_secret_value()
-        assert httpx.get(back.open_url(), timeout=30).status_code == 200
+        assert rstack.store.get(before.id).token.get_secret_value() == secrets_before[before.id]
+        client = opened(rstack, before.id, before.user)
+        assert client.get("/api/status").status_code == 200
+        client.close()
     assert {e.action for e in rstack.store.audit(limit=10)} == {"adopted"}
     assert rstack.store.count_live() == 2
 

@@ -39,15 +39,15 @@ def parse_set_cookies(response: httpx.Response) -> dict[str, str]:
 class OriginClient:
     """One browser's view of one session origin: its own cookies, Origin and Host headers."""
 
-    def __init__(self, settings: Settings, session_id: str, *, timeout: float = 30) -> None:
+    def __init__(self, settings: Settings, session_id: str, *, timeout: float = 30, verify: Any = True) -> None:
         self.settings = settings
         self.session_id = session_id
         self.origin = settings.session_origin(session_id)
-        self.host = self.origin.split("://", 1)[1]
-        port = self.host.rsplit(":", 1)[1] if ":" in self.host else "80"
-        self.base = f"http://127.0.0.1:{port}"
+        scheme, self.host = self.origin.split("://", 1)
+        port = self.host.rsplit(":", 1)[1] if ":" in self.host else ("443" if scheme == "https" else "80")
+        self.base = f"{scheme}://127.0.0.1:{port}"
         self.cookies: dict[str, str] = {}
-        self.http = httpx.Client(base_url=self.base, timeout=timeout, follow_redirects=False)
+        self.http = httpx.Client(base_url=self.base, timeout=timeout, follow_redirects=False, verify=verify)
 
     def cookie_header(self) -> str:
         return "; ".join(f"{k}={v}" for k, v in self.cookies.items() if v)
@@ -61,7 +61,9 @@ class OriginClient:
             if "_xsrf" in self.cookies:
                 sent["X-XSRFToken"] = self.cookies["_xsrf"]
         sent.update(headers or {})
-        response = self.http.request(method, path, headers=sent, **kw)
+        # TLS: the certificate is checked against the session's host name, not 127.0.0.1.
+        extensions = {"sni_hostname": self.host.split(":")[0]} if self.base.startswith("https") else None
+        response = self.http.request(method, path, headers=sent, extensions=extensions, **kw)
         self.http.cookies.clear()
         for name, value in parse_set_cookies(response).items():
             if value:
