@@ -7,16 +7,50 @@ nothing here is constructed at import time. ``docs/configuration.md`` documents 
 
 from __future__ import annotations
 
+import os
+import ssl
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Values that are fine on a laptop and unacceptable in production.
-_DEV_SECRETS = {"flower_password": "flower-dev-password", "cookie_secret": "dev-cookie-secret-change-me"}
+# Secrets have no default: empty means "not configured". scripts/start.sh and scripts/compose.sh generate
+# them on first start. These values were once development defaults and are public: refused everywhere.
+_PUBLIC_SECRETS = {"flower-dev-password", "dev-cookie-secret-change-me"}
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+class MissingSecret(RuntimeError):
+    """A process needs a secret that is not configured; it refuses to go on rather than use an empty one."""
+
+
+class RequiredSecret(SecretStr):
+    """A secret that is empty until configured; reading an empty one raises ``MissingSecret``.
+
+    So an unconfigured cookie key or Flower password can never sign or check anything.
+    """
+
+    def __init__(self, secret_value: str, env_name: str = "") -> None:
+        super().__init__(secret_value)
+        self._env_name = env_name
+
+    def get_secret_value(self) -> str:
+        if not self._secret_value:
+            raise MissingSecret(
+                f"{self._env_name or 'a required secret'} is not set: refusing to run without it "
+                "(scripts/start.sh keeps generated secrets in var/secrets.env; compose: scripts/compose.sh up)"
+            )
+        return self._secret_value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretStr) and self._secret_value == other._secret_value
+
+    def __hash__(self) -> int:
+        return hash(self._secret_value)
 
 
 def _split_csv(value: object) -> object:
@@ -33,8 +67,10 @@ class Settings(BaseSettings):
     mode: Literal["development", "production"] = "development"
     instance: str = Field("nbl", pattern=r"^[a-z][a-z0-9]{1,15}$")
 
-    # Redis: Celery broker and session state.
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis: Celery broker and session state. Every client connects with ``redis_dsn()``.
+    redis_url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^(redis|rediss|unix)://")
+    redis_password: SecretStr = SecretStr("")
+    redis_ca_file: Path | None = None
 
     # Placement.
     hosts: Annotated[list[str], NoDecode] = ["local"]
@@ -65,6 +101,10 @@ class Settings(BaseSettings):
     entrypoint_listen: str = "127.0.0.1:8080"
     entry_cache_s: float = Field(0.5, ge=0, le=1.0)
     open_code_ttl_s: int = Field(60, ge=5, le=300)
+    # TLS at the entry point itself: a certificate for the notebook domain and its wildcard
+    # (``*.<domain>``); public_url must then be https. Leave unset when a proxy in front terminates TLS.
+    entrypoint_tls_cert: Path | None = None
+    entrypoint_tls_key: Path | None = None
 
     # Timings.
     start_timeout_s: float = Field(120.0, gt=0)
@@ -87,6 +127,11 @@ class Settings(BaseSettings):
     feature_notebook_launcher: bool = True
     auth_mode: Literal["password", "oidc"] = "password"
     login_ttl_s: int = Field(12 * 3600, ge=60)
+    # Console login: password guessing is throttled per user name and per client address.
+    login_throttle_limit: int = Field(5, ge=1)
+    login_throttle_address_limit: int = Field(20, ge=1)
+    login_throttle_window_s: int = Field(15 * 60, ge=1)
+    login_lockout_s: int = Field(60, ge=1)
     console_url: str = "http://127.0.0.1:8501"
     oidc_metadata_url: str = ""
     oidc_client_id: str = ""
@@ -95,10 +140,10 @@ class Settings(BaseSettings):
     oidc_user_claim: str = "sub"
     roles_file: Path | None = None
     users_file: Path = REPO_ROOT / "var" / "users.json"
-    cookie_secret: SecretStr = SecretStr(_DEV_SECRETS["cookie_secret"])
+    cookie_secret: SecretStr = SecretStr("")
     flower_listen: str = "127.0.0.1:5555"
     flower_user: str = "operator"
-    flower_password: SecretStr = SecretStr(_DEV_SECRETS["flower_password"])
+    flower_password: SecretStr = SecretStr("")
 
     _split_hosts = field_validator("hosts", mode="before")(_split_csv)
 
@@ -113,12 +158,78 @@ class Settings(BaseSettings):
         return hosts
 
     @model_validator(mode="after")
-    def _refuse_dev_secrets_in_production(self) -> Settings:
-        if self.mode == "production":
-            for name, dev_value in _DEV_SECRETS.items():
-                if getattr(self, name).get_secret_value() == dev_value:
-                    raise ValueError(f"LAUNCHER_{name.upper()} must be set to a real secret in production mode")
+    def _entrypoint_tls(self) -> Settings:
+        if (self.entrypoint_tls_cert is None) != (self.entrypoint_tls_key is None):
+            raise ValueError("set both LAUNCHER_ENTRYPOINT_TLS_CERT and LAUNCHER_ENTRYPOINT_TLS_KEY, or neither")
+        if self.entrypoint_tls_cert is not None and not self.public_url.startswith("https://"):
+            raise ValueError("with LAUNCHER_ENTRYPOINT_TLS_CERT, LAUNCHER_PUBLIC_URL must be https://...")
         return self
+
+    @field_validator("cookie_secret", "flower_password", mode="after")
+    @classmethod
+    def _required_secret(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        raw, env_name = value.get_secret_value(), f"LAUNCHER_{str(info.field_name).upper()}"
+        if raw in _PUBLIC_SECRETS:
+            raise ValueError(f"{env_name} is a public development value: use a generated secret")
+        return RequiredSecret(raw, env_name)
+
+    @field_serializer("cookie_secret", "flower_password", when_used="json")
+    def _masked(self, value: SecretStr) -> str:
+        return "**********" if len(value) else ""
+
+    @classmethod
+    def of_checkout(cls, root: Path = REPO_ROOT) -> Settings:
+        """Settings for an operator tool run from a shell: the environment, then this checkout's
+        ``var/launcher.env`` and ``var/secrets.env`` (as ``scripts/start.sh`` sets them; the environment wins)."""
+        files = [root / "var" / "secrets.env", root / "var" / "launcher.env"]  # the later file wins
+        readable = [f for f in files if f.is_file() and os.access(f, os.R_OK)]
+        return cls(_env_file=readable or None)  # type: ignore[call-arg]
+
+    def require_secrets(self, *names: str) -> None:
+        """Raise ``MissingSecret`` naming each of these secret fields that is empty (for a process's start)."""
+        missing = [f"LAUNCHER_{name.upper()}" for name in names if not len(getattr(self, name))]
+        if missing:
+            raise MissingSecret(
+                f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: refusing to start without "
+                f"{'it' if len(missing) == 1 else 'them'} "
+                "(scripts/start.sh keeps generated secrets in var/secrets.env; compose: scripts/compose.sh up)"
+            )
+
+    def redis_dsn(self) -> str:
+        """The Redis URL every client connects with: ``redis_url`` plus the password and the TLS options.
+
+        Works as is with ``redis.Redis.from_url`` and ``redis.asyncio.Redis.from_url`` (and Celery, see
+        ``celeryconfig``). A password written inside ``LAUNCHER_REDIS_URL`` wins over ``LAUNCHER_REDIS_PASSWORD``.
+        Raises ``MissingSecret`` when there is no password in production mode, or for a Redis not on loopback.
+        """
+        parts = urlsplit(self.redis_url)
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        username, _, url_password = userinfo.partition(":")
+        password = unquote(url_password) or self.redis_password.get_secret_value()
+        if not password and (self.mode == "production" or (parts.hostname or "") not in _LOOPBACK_HOSTS | {""}):
+            where = "in production mode" if self.mode == "production" else f"for a Redis at {parts.hostname}"
+            raise MissingSecret(
+                f"LAUNCHER_REDIS_PASSWORD is not set: Redis clients refuse to connect without a password {where} "
+                "(scripts/start.sh keeps the generated one in var/secrets.env)"
+            )
+        netloc = hostport
+        if password:
+            netloc = f"{quote(unquote(username), safe='')}:{quote(password, safe='')}@{hostport}"
+        query = dict(parse_qsl(parts.query))
+        if parts.scheme == "rediss":
+            query.setdefault("ssl_cert_reqs", "required")
+            if self.redis_ca_file is not None:
+                query["ssl_ca_certs"] = str(self.redis_ca_file)
+        return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
+
+    def redis_ssl(self) -> dict[str, Any] | None:
+        """TLS options for Celery's broker and result backend (``broker_use_ssl``), None for plain Redis."""
+        if not self.redis_url.startswith("rediss://"):
+            return None
+        options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+        if self.redis_ca_file is not None:
+            options["ssl_ca_certs"] = str(self.redis_ca_file)
+        return options
 
     def session_origin(self, session_id: str) -> str:
         """The origin a session is served on: its id as a subdomain of this host's entry point."""
@@ -156,7 +267,7 @@ class Settings(BaseSettings):
             if value is None:
                 continue
             if isinstance(value, SecretStr):
-                value = value.get_secret_value()
+                value = value.get_secret_value() if len(value) else ""
             elif isinstance(value, list):
                 value = ",".join(value)
             elif isinstance(value, bool):
