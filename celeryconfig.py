@@ -12,9 +12,14 @@ from launcher.settings import Settings
 
 
 def build(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration; Redis (broker and results) is reached with the password and TLS options."""
+    dsn = settings.redis_dsn()
+    tls = settings.redis_ssl()
     return {
-        "broker_url": settings.redis_url,
-        "result_backend": settings.redis_url,
+        "broker_url": dsn,
+        "result_backend": dsn,
+        "broker_use_ssl": tls,
+        "redis_backend_use_ssl": tls,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_s},
         "result_backend_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_s},
@@ -53,6 +58,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         for name, interval in (
             ("heartbeat", settings.heartbeat_interval_s),
             ("reconcile", settings.reconcile_interval_s),
+            ("measure_workspaces", settings.workspace_measure_interval_s),
         ):
             schedule[f"{name}-{host}"] = {
                 "task": f"workers.tasks.{name}",

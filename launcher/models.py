@@ -143,3 +143,23 @@ class AuditEvent(BaseModel):
     actor: str
     reason: str
     detail: str = ""
+
+
+class WorkspaceUsage(BaseModel):
+    """A user's workspace against its quota (measured on the Docker host: workers.quota)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    used_bytes: int
+    limit_bytes: int
+    enforced: bool  # by the filesystem (a full workspace is ENOSPC) or only measured
+    partial: bool = False  # the measurement stopped early: a lower bound
+    measured_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def fraction(self) -> float:
+        return self.used_bytes / self.limit_bytes if self.limit_bytes else 0.0
+
+    @property
+    def over(self) -> bool:
+        return self.limit_bytes > 0 and self.used_bytes >= self.limit_bytes

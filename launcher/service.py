@@ -11,7 +11,7 @@ import time
 from pydantic import SecretStr
 
 from launcher.dispatch import Dispatcher
-from launcher.errors import LauncherError, NotFound, PermissionDenied, RuntimeUnavailable
+from launcher.errors import LauncherError, LimitReached, NotFound, PermissionDenied, RuntimeUnavailable
 from launcher.models import (
     TERMINAL_STATUSES,
     Actor,
@@ -20,6 +20,7 @@ from launcher.models import (
     Session,
     SessionStatus,
     StopReason,
+    WorkspaceUsage,
     new_session_id,
     new_token,
     utcnow,
@@ -61,6 +62,7 @@ class LauncherService:
         if not may_act_on(actor, owner):
             raise PermissionDenied(f"{actor.name} may not launch a notebook for {owner}")
         resolve_template(self.settings.templates_dir, template)
+        self._check_quota(owner)
         session = Session(id=new_session_id(), user=owner, template=template, token=new_token())
         session = self.store.reserve(session, actor=actor.name)
         try:
@@ -76,6 +78,23 @@ class LauncherService:
             )
             raise
         return self._visible(actor, session)
+
+    def _check_quota(self, owner: str) -> None:
+        """Refuse a launch while a measured (not filesystem-enforced) workspace is over its quota."""
+        usage = self.store.usage(owner)
+        if usage is not None and not usage.enforced and usage.over:
+            raise LimitReached(
+                f"your workspace holds {usage.used_bytes / 2**30:.1f} GB, over its quota of "
+                f"{usage.limit_bytes / 2**30:.0f} GB: delete or move files (ask an administrator for help) "
+                "and launch again"
+            )
+
+    def workspace_usage(self, actor: Actor, user: str | None = None) -> WorkspaceUsage | None:
+        """The user's last measured workspace usage against the quota."""
+        owner = validate_user_id(actor.name if user is None else user)
+        if not may_act_on(actor, owner):
+            raise PermissionDenied(f"{actor.name} may not see {owner}'s workspace")
+        return self.store.usage(owner)
 
     def stop(self, actor: Actor, user: str | None = None, *, session_id: str | None = None) -> Session:
         """Ask the owning host to stop ``user``'s live session (or the one with ``session_id``)."""

@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     mem_limit: str = Field("8g", pattern=r"^[0-9]+[kmg]?$")
     pids_limit: int = Field(512, ge=32)
     tmp_size: str = Field("1g", pattern=r"^[0-9]+[kmg]?$")
+    # Workspace quotas (workers/quota.py): 0 switches them off.
+    workspace_quota_gb: float = Field(20.0, ge=0)
+    workspace_quota_enforce: Literal["auto", "filesystem", "measure"] = "auto"
+    workspace_images_dir: Path = REPO_ROOT / "var" / "workspace-images"
+    workspace_measure_interval_s: float = Field(600.0, gt=0)
+    workspace_warn_fraction: float = Field(0.9, gt=0, le=1)
     # Notebooks run as this uid/gid: not a login account on the host (a worker refuses one that is).
     notebook_uid: int = Field(59000, ge=1)
     notebook_gid: int = Field(59000, ge=1)

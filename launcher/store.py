@@ -9,6 +9,7 @@ Keys (``P`` is ``<instance>:``):
     P host:<host>:live     set of live session ids placed on a host (the per-host cap)
     P recent               sorted set of session ids by creation time
     P audit                stream of transitions (actor, action, reason, time)
+    P usage:<user>         the user's workspace usage against its quota (WorkspaceUsage JSON)
 
 Every write that must be atomic is one Lua script: a reservation checks the user lock and both caps
 and places the session in one step; a transition is a compare-and-set on the status that also keeps
@@ -32,6 +33,7 @@ from launcher.models import (
     AuditEvent,
     Session,
     SessionStatus,
+    WorkspaceUsage,
     utcnow,
 )
 from launcher.settings import Settings
@@ -182,7 +184,7 @@ class SessionStore:
     @classmethod
     def from_settings(cls, settings: Settings) -> SessionStore:
         client = redis.Redis.from_url(
-            settings.redis_url,
+            settings.redis_dsn(),
             decode_responses=True,
             socket_timeout=5,
             socket_connect_timeout=3,
@@ -317,6 +319,23 @@ class SessionStore:
             verdict, _ = self._adopt(keys=keys, args=args)
         return verdict in ("ok", "exists")
 
+    def record_event(self, action: str, *, user: str, actor: str, reason: str = "", detail: str = "") -> None:
+        """Append an event that belongs to no session (login, login_failed, logout...): session id empty."""
+        fields = {
+            "session_id": "",
+            "user": user,
+            "template": "",
+            "host": "",
+            "action": action,
+            "previous": "",
+            "actor": actor,
+            "reason": reason,
+            "detail": detail,
+            "time": utcnow().isoformat(),
+        }
+        with _redis_errors():
+            self._r.xadd(self._k("audit"), fields, maxlen=self._settings.audit_maxlen, approximate=True)
+
     # -- reads ------------------------------------------------------------------------------
     def get(self, session_id: str) -> Session | None:
         with _redis_errors():
@@ -388,6 +407,16 @@ class SessionStore:
             if len(events) >= limit:
                 break
         return events
+
+    # -- workspace usage (workers/quota.py measures it; the service and console read it) ------
+    def set_usage(self, user: str, usage: WorkspaceUsage) -> None:
+        with _redis_errors():
+            self._r.set(self._k("usage", user), usage.model_dump_json(), ex=30 * 24 * 3600)
+
+    def usage(self, user: str) -> WorkspaceUsage | None:
+        with _redis_errors():
+            raw = self._r.get(self._k("usage", user))
+        return WorkspaceUsage.model_validate_json(raw) if raw else None
 
     def ping(self) -> None:
         with _redis_errors():

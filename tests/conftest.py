@@ -9,6 +9,7 @@ stopped by the PID we started. Without a Docker engine or the image, Docker test
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import docker
 import pytest
 
 from launcher.settings import Settings
-from tests.stack import Stack, docker_client, random_instance, start_redis, start_stack
+from tests.stack import Stack, docker_client, random_instance, start_redis, start_stack, unmount_below
 
 IMAGE = os.environ.get("LAUNCHER_NOTEBOOK_IMAGE", "launcher-notebook:latest")
 REQUIRE_DOCKER = os.environ.get("LAUNCHER_REQUIRE_DOCKER") == "1"
@@ -35,6 +36,7 @@ def _tmpdir(prefix: str) -> Path:
 def workdir() -> Iterator[Path]:
     path = _tmpdir("nbl-test-")
     yield path
+    unmount_below(path)  # never remove files through a still-mounted workspace image
     if os.environ.get("LAUNCHER_TEST_KEEP") == "1":
         print(f"\ntest folders and logs kept in {path}")
     else:
@@ -43,7 +45,7 @@ def workdir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def redis_url(workdir: Path) -> Iterator[str]:
-    """A real redis-server of our own on a free loopback port."""
+    """A real redis-server of our own on a free loopback port, requiring a password (it is in the URL)."""
     if not shutil.which("redis-server"):
         pytest.fail("redis-server is not installed (apt-get install redis-server)")
     proc, url = start_redis(workdir)
@@ -53,12 +55,14 @@ def redis_url(workdir: Path) -> Iterator[str]:
 
 @pytest.fixture
 def unit_settings(tmp_path: Path) -> Settings:
-    """Settings for tests that need no Docker: templates from the repo, folders in tmp."""
+    """Settings for tests that need no Docker: templates from the repo, folders in tmp, generated secrets."""
     return Settings(
         instance=random_instance(),
         workspaces_dir=tmp_path / "workspaces",
         sessions_dir=tmp_path / "sessions",
         data_dir=tmp_path / "data",
+        cookie_secret=secrets.token_urlsafe(32),
+        flower_password=secrets.token_urlsafe(16),
     )
 
 
@@ -107,7 +111,8 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        # Loopback only: no hostname resolves (no DNS query leaves), and new_context() aborts the rest.
+        # Loopback only: *.localhost (session origins) maps to 127.0.0.1, no other hostname resolves (no DNS
+        # query leaves), and new_context() aborts the rest.
         b = pw.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
@@ -115,7 +120,7 @@ def browser():
                 "--no-sandbox",
                 "--disable-background-networking",
                 "--disable-dev-shm-usage",
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                "--host-resolver-rules=MAP *.localhost 127.0.0.1, MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
             ],
         )
         yield b

@@ -20,7 +20,6 @@ import httpx
 import redis
 
 from launcher.dispatch import CeleryDispatcher
-from launcher.entrypoint import write_config
 from launcher.errors import LauncherError
 from launcher.models import Actor, Role
 from launcher.service import LauncherService
@@ -51,28 +50,36 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
-def start_redis(folder: Path) -> tuple[Proc, str]:
-    """A redis-server of our own on a free loopback port."""
-    port = free_port()
-    proc = spawn(
-        "redis",
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(folder),
-        ],
-        folder / "redis.log",
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    wait_for(lambda: _pings(redis.Redis.from_url(url)), 10, "redis-server")
+def write_redis_conf(path: Path, lines: list[str]) -> Path:
+    """A redis.conf readable only by us (it holds ``requirepass``: never on a command line that ``ps`` shows)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("\n".join(lines) + "\n")
+    return path
+
+
+def start_redis(folder: Path, *, tls_dir: Path | None = None) -> tuple[Proc, str]:
+    """A redis-server of our own on a free loopback port that requires a password (carried in the URL).
+
+    With ``tls_dir`` (``ca.crt``, ``redis.crt``, ``redis.key`` from scripts/redis-tls.sh) it listens
+    with TLS only (``rediss://``; plain port 0)."""
+    port, password = free_port(), secrets.token_urlsafe(24)
+    lines = ["bind 127.0.0.1", "protected-mode yes", f"requirepass {password}", 'save ""', "appendonly no"]
+    lines += [f"dir {folder}", f"logfile {folder / f'redis-{port}.log'}"]
+    ping_options: dict[str, Any] = {}
+    if tls_dir is None:
+        lines.append(f"port {port}")
+        url = f"redis://:{password}@127.0.0.1:{port}/0"
+    else:
+        lines += ["port 0", f"tls-port {port}", "tls-auth-clients no"]
+        lines += [f"tls-{kind}-file {tls_dir / name}" for kind, name in (("cert", "redis.crt"), ("key", "redis.key"))]
+        lines.append(f"tls-ca-cert-file {tls_dir / 'ca.crt'}")
+        url = f"rediss://:{password}@127.0.0.1:{port}/0"
+        ping_options = {"ssl_ca_certs": str(tls_dir / "ca.crt"), "ssl_cert_reqs": "required"}
+    conf = write_redis_conf(folder / f"redis-{port}.conf", lines)
+    proc = spawn("redis", ["redis-server", str(conf)], folder / f"redis-{port}.out")
+    wait_for(lambda: _pings(redis.Redis.from_url(url, **ping_options)) or not proc.alive(), 10, "redis-server")
+    assert proc.alive(), (folder / f"redis-{port}.log").read_text(errors="replace")[-2000:]
     return proc, url
 
 
@@ -178,8 +185,10 @@ def start_beat(settings: Settings, folder: Path, name: str) -> Proc:
 
 
 def start_console(settings: Settings, folder: Path, name: str = "console", **env_extra: str) -> tuple[Proc, str]:
-    """The real console (``streamlit run ui/asgi.py``) on a free loopback port."""
-    port = free_port()
+    """The real console (``streamlit run ui/asgi.py``) on the port of ``settings.console_url`` (where
+    the entry point sends browsers to be authorized), or a free one."""
+    configured = settings.console_url.rsplit(":", 1)[-1].rstrip("/")
+    port = int(configured) if configured.isdigit() and settings.console_url.startswith("http://127.0.0.1:") else free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO_ROOT), "LAUNCHER_CONSOLE_URL": url, **env_extra}
     argv = [
@@ -205,9 +214,9 @@ def start_console(settings: Settings, folder: Path, name: str = "console", **env
     return proc, url
 
 
-def http_ok(url: str) -> bool:
+def http_ok(url: str, verify: bool = True) -> bool:
     try:
-        return httpx.get(url, timeout=1).status_code == 200
+        return httpx.get(url, timeout=1, verify=verify).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -245,6 +254,15 @@ class Stack:
             container.remove(force=True)
         self.worker.stop()
         self.nginx.stop()
+        unmount_below(self.workdir)
+
+
+def unmount_below(folder: Path) -> None:
+    """Unmount every mount under ``folder`` (workspace images), so removing it deletes only our files."""
+    prefix = str(folder.resolve()) + "/"
+    targets = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for target in sorted((t for t in targets if t.startswith(prefix)), reverse=True):
+        subprocess.run(["umount", target], capture_output=True, timeout=60)
 
 
 def start_stack(base: Path, redis_url: str, client: docker.DockerClient, **overrides: Any) -> Stack:
@@ -258,8 +276,12 @@ def start_stack(base: Path, redis_url: str, client: docker.DockerClient, **overr
         "data_dir": base / "data",
         "workspaces_dir": base / "workspaces",
         "sessions_dir": base / "sessions",
-        "public_url": f"http://127.0.0.1:{port}",
+        "workspace_images_dir": base / "workspace-images",
+        "public_url": f"http://nb.localhost:{port}",
         "entrypoint_listen": f"127.0.0.1:{port}",
+        "console_url": f"http://127.0.0.1:{free_port()}",  # the port start_console uses
+        "cookie_secret": secrets.token_urlsafe(32),
+        "flower_password": secrets.token_urlsafe(16),
         "cpus": 1.0,
         "mem_limit": "1g",
         "pids_limit": 256,
@@ -271,12 +293,24 @@ def start_stack(base: Path, redis_url: str, client: docker.DockerClient, **overr
     settings = Settings(**{**values, **overrides})
     make_sample_data(settings.data_dir, settings.notebook_image)
     settings.sessions_dir.mkdir(mode=0o711)
-    conf = write_config(settings, base / "nginx")
-    nginx = spawn("nginx", ["nginx", "-c", str(conf), "-p", str(base / "nginx")], base / "nginx.out")
-    wait_for(lambda: http_ok(f"{settings.public_url}/healthz"), 15, "nginx entry point")
+    nginx = start_entrypoint(settings, base / "nginx")
     worker = start_worker(settings, base / "worker.log", f"w-{settings.instance}")
     store = SessionStore.from_settings(settings)
     service = LauncherService(settings, store, CeleryDispatcher.from_settings(settings))
     return Stack(
-        settings, store, service, DockerRuntime(client), client, settings.public_url, worker, nginx, base, redis_url
+        settings, store, service, DockerRuntime(client), client, f"http://127.0.0.1:{port}", worker, nginx, base, redis_url
     )
+
+
+def start_entrypoint(settings: Settings, prefix: Path, health_scheme: str = "http") -> Proc:
+    """The real entry point (nginx and its authorizer: ``python -m launcher.entrypoint run``)."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO_ROOT)}
+    argv = [sys.executable, "-m", "launcher.entrypoint", "run", "--prefix", str(prefix)]
+    proc = spawn("entrypoint", argv, prefix.parent / f"{prefix.name}.out", env=env, cwd=REPO_ROOT)
+    port = settings.entrypoint_listen.rsplit(":", 1)[1]
+    health = f"{health_scheme}://127.0.0.1:{port}/healthz"
+    wait_for(lambda: http_ok(health, verify=False) or not proc.alive(), 15, "the entry point")
+    wait_for(lambda: (prefix / "auth" / "authorizer.sock").exists() or not proc.alive(), 15, "the authorizer")
+    assert proc.alive(), proc.tail()
+    return proc

@@ -40,14 +40,23 @@ def stop_session(session_id: str, actor: str, reason: str) -> str | None:
     return session.status.value if session else None
 
 
-@shared_task(name="workers.tasks.heartbeat", acks_late=True)
+# Time limits: declared for pools that enforce them (prefork, gevent). The worker runs with
+# ``-P threads``, whose pool ignores them (celery.concurrency.thread passes no timeout on), so what
+# bounds these tasks is inside them: the heartbeat's probe and sweep deadlines (at most 60 s of
+# probes), reconcile's bounded probes, stop_all's own deadline. The limits sit above those.
+@shared_task(name="workers.tasks.heartbeat", acks_late=True, soft_time_limit=150, time_limit=180)
 def heartbeat() -> dict[str, int]:
     return lifecycle.heartbeat(context())
 
 
-@shared_task(name="workers.tasks.reconcile", acks_late=True)
+@shared_task(name="workers.tasks.reconcile", acks_late=True, soft_time_limit=300, time_limit=330)
 def reconcile() -> dict[str, int]:
     return lifecycle.reconcile(context())
+
+
+@shared_task(name="workers.tasks.measure_workspaces", acks_late=True)
+def measure_workspaces() -> dict[str, int]:
+    return lifecycle.measure_workspaces(context())
 
 
 @shared_task(name="workers.tasks.reap", bind=True, acks_late=True)
@@ -56,7 +65,7 @@ def reap(self: Task) -> list[str]:
     return lifecycle.reap(ctx.store, ReapPolicy.from_settings(ctx.settings), CeleryDispatcher(self.app, ctx.settings))
 
 
-@shared_task(name="workers.tasks.stop_all", bind=True, acks_late=True)
+@shared_task(name="workers.tasks.stop_all", bind=True, acks_late=True, soft_time_limit=900, time_limit=930)
 def stop_all(self: Task, actor: str) -> dict[str, int]:
     """Ask every live session's host to stop it; report progress until all have stopped."""
     ctx = context()
