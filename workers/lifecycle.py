@@ -438,7 +438,7 @@ def reconcile(ctx: WorkerContext) -> dict[str, int]:
             rebuilt = _rebuild(ctx, c.labels, c.id, token) if token else None
             if rebuilt is not None:
                 try:
-                    probe(_socket_path(ctx, rebuilt.id), token, timeout=2.0)
+                    probe(_socket_path(ctx, rebuilt.id), token, deadline=2.0)
                     answers = True
                 except Exception:  # noqa: BLE001
                     answers = False
