@@ -52,7 +52,7 @@ debootstrap_image launcher-base:bookworm "$base_pkgs"
 base_hash=$(image_label launcher-base:bookworm launcher.inputs)
 
 # --- notebook -------------------------------------------------------------------------------
-nb_hash=$(cat docker/notebook-requirements.txt docker/Dockerfile.notebook | sha256sum | cut -c1-16)
+nb_hash=$(cat docker/notebook-requirements.txt docker/Dockerfile.notebook docker/notebook/nbl_identity.py | sha256sum | cut -c1-16)
 nb_hash=$nb_hash-$base_hash
 if [[ "$force" == --force || "$(image_label launcher-notebook:latest launcher.inputs)" != "$nb_hash" ]]; then
   ctx=$build/notebook
@@ -66,6 +66,7 @@ if [[ "$force" == --force || "$(image_label launcher-notebook:latest launcher.in
     touch "$ctx/prefix/.complete-$req_hash"
   fi
   cp docker/Dockerfile.notebook "$ctx/Dockerfile"
+  cp docker/notebook/nbl_identity.py "$ctx/"
   printf 'prefix/bin\nprefix/etc\n' >"$ctx/.dockerignore"
   log "building launcher-notebook:latest"
   DOCKER_BUILDKIT=0 docker build --quiet --label "launcher.inputs=$nb_hash" -t launcher-notebook:latest "$ctx" >/dev/null
@@ -92,8 +93,10 @@ PY
     touch "$ctx/prefix/.complete-$req_hash"
   fi
   rm -rf "$ctx/src" && mkdir -p "$ctx/src"
-  git ls-files -z launcher workers ui celeryconfig.py docker/nginx notebooks pyproject.toml |
-    xargs -0 cp --parents -t "$ctx/src"
+  # Tracked and new (not ignored) files as they are in the working tree; files deleted there are left out.
+  git ls-files -z --cached --others --exclude-standard launcher workers ui celeryconfig.py docker/nginx notebooks \
+    pyproject.toml | while IFS= read -r -d '' f; do if [[ -f $f ]]; then printf '%s\0' "$f"; fi; done |
+    sort -zu | xargs -0 cp --parents -t "$ctx/src"
   cp docker/Dockerfile.app "$ctx/Dockerfile"
   printf 'prefix/bin\nprefix/etc\nrequirements.txt\n' >"$ctx/.dockerignore"
   app_hash=$( (cat docker/Dockerfile.app "$ctx/requirements.txt"; tar -C "$ctx/src" -c --sort=name --mtime=@0 .) | sha256sum | cut -c1-16)

@@ -1,38 +1,85 @@
 #!/usr/bin/env bash
 # Run the product with docker-compose on this Docker host, offline.
 #
-#   scripts/compose.sh up                           build images, prepare folders and data, start
+#   scripts/compose.sh up                           build images, prepare folders, data and secrets, start;
+#                                                   on first up, create the console users
 #   scripts/compose.sh down [-v]                    stop (and with -v drop Redis's volume)
-#   scripts/compose.sh exec worker launcher ...     anything else goes to docker-compose
+#   scripts/compose.sh exec -T worker launcher ...  anything else goes to docker-compose
 #
-# Settings: LAUNCHER_STATE (host folder for data, workspaces, sockets; default var/compose),
-# LAUNCHER_PORT (entry point, 8080), LAUNCHER_FLOWER_PORT (5555), LAUNCHER_INSTANCE,
-# COMPOSE_PROJECT_NAME (nbl), SAMPLE_PRESET (ci), and any LAUNCHER_* variable of docs/configuration.md.
+# Secrets: generated on first use into $LAUNCHER_STATE/secrets.env (mode 0600; cookie key, Flower and
+# Redis passwords), reused afterwards, passed to docker-compose through the environment, never printed.
+# Console users: on first up SEED_USERS (default "alice:researcher admin:admin") with generated
+# passwords written to $LAUNCHER_STATE/initial-passwords (mode 0600). More, without a TTY:
+#   printf '%s\n' "$PW" | scripts/compose.sh exec -T console python3 -m ui.users add --user bob --role researcher --password-stdin
+#
+# Settings: LAUNCHER_STATE (host folder for data, workspaces, sockets, secrets; default var/compose),
+# LAUNCHER_BIND (address the published ports listen on, 127.0.0.1), LAUNCHER_PORT (entry point, 8080),
+# LAUNCHER_CONSOLE_PORT (8501), LAUNCHER_FLOWER_PORT (5555), LAUNCHER_SERVICE_UID (uid of the console,
+# Flower and Beat, 59100), LAUNCHER_INSTANCE, COMPOSE_PROJECT_NAME (nbl), SAMPLE_PRESET (ci), and any
+# LAUNCHER_* variable of docs/configuration.md that docker-compose.yml passes on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 export LAUNCHER_STATE=${LAUNCHER_STATE:-$repo/var/compose}
 export LAUNCHER_REPO=$repo
 export LAUNCHER_PORT=${LAUNCHER_PORT:-8080}
-export LAUNCHER_PUBLIC_URL=${LAUNCHER_PUBLIC_URL:-http://127.0.0.1:$LAUNCHER_PORT}
+export LAUNCHER_CONSOLE_PORT=${LAUNCHER_CONSOLE_PORT:-8501}
+export LAUNCHER_FLOWER_PORT=${LAUNCHER_FLOWER_PORT:-5555}
+export LAUNCHER_PUBLIC_URL=${LAUNCHER_PUBLIC_URL:-http://nb.localhost:$LAUNCHER_PORT}
+export LAUNCHER_CONSOLE_URL=${LAUNCHER_CONSOLE_URL:-http://127.0.0.1:$LAUNCHER_CONSOLE_PORT}
+export LAUNCHER_SERVICE_UID=${LAUNCHER_SERVICE_UID:-59100}
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-nbl}
 compose() { docker-compose -f "$repo/docker-compose.yml" "$@"; }
+log() { printf '[compose] %s\n' "$*" >&2; }
+
+mkdir -p "$LAUNCHER_STATE"
+secrets=$LAUNCHER_STATE/secrets.env
+scripts/secrets.sh "$secrets"
+set -a
+# shellcheck source=/dev/null
+source "$secrets"
+set +a
 
 cmd=${1:-up}
 shift || true
 case $cmd in
   up)
     scripts/build-images.sh --app
-    mkdir -p "$LAUNCHER_STATE"/{data,workspaces,sessions}
+    mkdir -p "$LAUNCHER_STATE"/{data,workspaces,sessions,console}
     chmod 755 "$LAUNCHER_STATE"; chmod 711 "$LAUNCHER_STATE"/{workspaces,sessions}
+    # The console's own folder (the users file): its uid only.
+    chown "$LAUNCHER_SERVICE_UID:$LAUNCHER_SERVICE_UID" "$LAUNCHER_STATE/console"
+    chmod 700 "$LAUNCHER_STATE/console"
     scripts/sample-data.sh "$LAUNCHER_STATE/data"
-    compose up -d
+    compose up -d "$@"
     for _ in $(seq 100); do
       curl -sf "http://127.0.0.1:$LAUNCHER_PORT/healthz" >/dev/null && break
       sleep 0.2
     done
-    echo "[compose] entry point http://127.0.0.1:$LAUNCHER_PORT  flower http://127.0.0.1:${LAUNCHER_FLOWER_PORT:-5555}" >&2
-    echo "[compose] launch: scripts/compose.sh exec -T worker python3 -m launcher.cli start --user alice --template alpha_research --wait" >&2
+    console_up() {  # the console answers its health check (asked inside its container: any LAUNCHER_BIND)
+      compose exec -T console python3 -c \
+        "import urllib.request as u; u.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=2)" >/dev/null 2>&1
+    }
+    for _ in $(seq 60); do console_up && break; sleep 1; done
+    if ! console_up; then
+      log "the console does not answer (see: scripts/compose.sh logs console); console users not created"
+      exit 1
+    fi
+    if [[ ! -s $LAUNCHER_STATE/console/users.json ]]; then
+      passwords=$LAUNCHER_STATE/initial-passwords
+      (umask 077 && : >"$passwords")
+      chmod 600 "$passwords"
+      for entry in ${SEED_USERS:-alice:researcher admin:admin}; do
+        pw=$(python3 -c "import secrets; print(secrets.token_urlsafe(12))")
+        printf '%s\n' "$pw" | compose exec -T console \
+          python3 -m ui.users add --user "${entry%%:*}" --role "${entry##*:}" --password-stdin >/dev/null
+        printf '%s %s %s\n' "${entry%%:*}" "${entry##*:}" "$pw" >>"$passwords"
+      done
+      log "console users created; their passwords are in $passwords"
+    fi
+    log "console http://127.0.0.1:$LAUNCHER_CONSOLE_PORT  entry point http://127.0.0.1:$LAUNCHER_PORT" \
+      " flower http://127.0.0.1:$LAUNCHER_FLOWER_PORT (user operator, password: LAUNCHER_FLOWER_PASSWORD in $secrets)"
+    log "launch: scripts/compose.sh exec -T worker python3 -m launcher.cli start --user alice --template alpha_research --wait"
     ;;
   *) compose "$cmd" "$@" ;;
 esac

@@ -3,7 +3,10 @@
 # unless --sessions is given (then every live session is stopped first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ -f var/launcher.env ]] && { set -a; source var/launcher.env; set +a; }
+set -a
+[[ -f var/secrets.env ]] && source var/secrets.env
+[[ -f var/launcher.env ]] && source var/launcher.env
+set +a
 if [[ "${1:-}" == --sessions ]]; then
   PYTHONPATH=$PWD python3 -m launcher.cli stop-all --wait || true
 fi

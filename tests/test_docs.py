@@ -21,13 +21,15 @@ def test_readme_test_command_is_what_ci_runs():
     assert "LAUNCHER_REQUIRE_DOCKER=1" in makefile
 
 
-def test_production_refuses_default_secrets(monkeypatch):
-    """In production mode the development secrets make settings invalid."""
+def test_public_development_secrets_are_refused():
+    """The former development defaults of the cookie key and Flower password are refused in every mode."""
     import pytest
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="LAUNCHER_FLOWER_PASSWORD must be set"):
-        Settings(mode="production", cookie_secret="x" * 32)
-    ok = Settings(mode="production", cookie_secret="x" * 32, flower_password="y" * 20)
+    with pytest.raises(ValidationError, match="LAUNCHER_COOKIE_SECRET is a public development value"):
+        Settings(cookie_secret="dev-cookie-secret-change-me")
+    with pytest.raises(ValidationError, match="LAUNCHER_FLOWER_PASSWORD is a public development value"):
+        Settings(mode="production", cookie_secret="x" * 32, flower_password="flower-dev-password")
+    ok = Settings(mode="production", cookie_secret="x" * 32, flower_password="y" * 20, redis_password="z" * 20)
     assert ok.mode == "production"
     assert Path(ok.templates_dir).is_dir()
