@@ -52,7 +52,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": "workers.tasks.reap",
             "schedule": settings.reap_interval_s,
             "options": {"queue": settings.control_queue, "expires": settings.reap_interval_s},
-        }
+        },
+        "sweep-deadlines": {
+            "task": "workers.tasks.sweep_deadlines",
+            "schedule": settings.deadline_sweep_interval_s,
+            "options": {"queue": settings.control_queue, "expires": settings.deadline_sweep_interval_s},
+        },
     }
     for host in settings.hosts:
         for name, interval in (

@@ -37,7 +37,7 @@ from launcher.entrypoint import write_config  # noqa: E402
 from launcher.models import Actor, Role, Session, SessionStatus, new_session_id, new_token  # noqa: E402
 from launcher.settings import Settings  # noqa: E402
 from launcher.store import SessionStore  # noqa: E402
-from tests.helpers import free_port, spawn, wait_for  # noqa: E402
+from tests.helpers import bring_to, free_port, spawn, wait_for  # noqa: E402
 from tests.stack import random_instance, start_entrypoint, start_redis  # noqa: E402
 from tests.web import OriginClient, make_login  # noqa: E402
 from workers import hostfs  # noqa: E402
@@ -117,13 +117,13 @@ def main() -> None:
         session = store.reserve(
             Session(id=new_session_id(), user="bench", template="alpha_research", token=new_token()), actor="bench"
         )
-        store.transition(session.id, SessionStatus.STARTING, actor="bench")
+        bring_to(store, session.id, SessionStatus.STARTING)
         hostfs.prepare_rundir(base, session.id, session.token.get_secret_value())
         sock = hostfs.socket_path(base, session.id)
         stand_in_notebook(sock)
         os.chown(sock, base.notebook_uid, base.proxy_gid)
         hostfs.lock_socket(base, session.id)
-        store.transition(session.id, SessionStatus.RUNNING, actor="bench", url="http://placeholder")
+        bring_to(store, session.id, SessionStatus.RUNNING)
 
         def entry(name: str, cache_s: float, strip_auth: bool) -> tuple[Settings, int]:
             port = free_port()
@@ -144,8 +144,6 @@ def main() -> None:
                 wait_for(lambda: _ok(port), 10, name)
             else:
                 procs.append(start_entrypoint(settings, work / name))
-            origin = settings.session_origin(session.id)
-            store.transition(session.id, None, actor="bench", expected={SessionStatus.RUNNING}, url=origin)
             return settings, port
 
         login = make_login(store.redis, base, "bench")

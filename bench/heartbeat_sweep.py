@@ -23,12 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from launcher.models import Session, SessionStatus, new_session_id, new_token, utcnow  # noqa: E402
+from launcher.models import Session, SessionStatus, new_session_id, new_token  # noqa: E402
 from launcher.settings import Settings  # noqa: E402
 from launcher.spec import container_name  # noqa: E402
 from launcher.store import SessionStore  # noqa: E402
+from tests.helpers import bring_to  # noqa: E402
 from tests.stack import docker_client, random_instance, start_redis, start_stack  # noqa: E402
-from workers import hostfs, lifecycle  # noqa: E402
+from workers import hostfs, lifecycle, sweeps  # noqa: E402
 from workers.runtime import DockerRuntime, FakeRuntime  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def time_sweeps(ctx: lifecycle.WorkerContext, rounds: int, expect: int, unreacha
     times = []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        counts = lifecycle.heartbeat(ctx)
+        counts = sweeps.heartbeat(ctx)
         times.append(time.perf_counter() - t0)
         assert counts["updated"] == expect and counts["unreachable"] == unreachable, counts
     return times
@@ -85,8 +86,7 @@ def simulated(n: int, rounds: int, work: Path, redis_url: str, hostile: int = 0,
         s = store.reserve(
             Session(id=new_session_id(), user=f"sim-{i}", template="alpha_research", token=new_token()), actor="bench"
         )
-        store.transition(s.id, SessionStatus.STARTING, actor="bench")
-        store.transition(s.id, SessionStatus.RUNNING, actor="bench", started_at=utcnow(), last_activity_at=utcnow())
+        bring_to(store, s.id, SessionStatus.RUNNING)
         runtime.start({"name": container_name(settings, s.id), "labels": {}})  # its container "runs"
         kind = behaviour if i < hostile else "idle"
         lines.append(f"{hostfs.socket_path(settings, s.id)} {s.token.get_secret_value()} {kind}\n")

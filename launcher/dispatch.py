@@ -16,14 +16,15 @@ from launcher.settings import Settings
 
 START_TASK = "workers.tasks.start_session"
 STOP_TASK = "workers.tasks.stop_session"
-STOP_ALL_TASK = "workers.tasks.stop_all"
+DISCARD_TASK = "workers.tasks.discard_session"
 
 
 class Dispatcher(Protocol):
+    """Hands container work to the host that owns the session. Raises ``RuntimeUnavailable``."""
+
     def start(self, session: Session) -> None: ...
-    def stop(self, session: Session, actor: str, reason: str) -> None: ...
-    def stop_all(self, actor: str) -> str: ...
-    def progress(self, task_id: str) -> dict[str, object]: ...
+    def stop(self, session: Session) -> None: ...
+    def discard(self, session: Session) -> None: ...
 
 
 @contextlib.contextmanager
@@ -51,27 +52,18 @@ class CeleryDispatcher:
         app.conf.update(build(settings))
         return cls(app, settings)
 
-    def start(self, session: Session) -> None:
+    def _send(self, task: str, session: Session) -> None:
         assert session.host is not None, "a reserved session always has a host"
         with _broker_errors():
-            self.app.send_task(START_TASK, args=[session.id], queue=self.settings.queue_for_host(session.host))
+            self.app.send_task(task, args=[session.id], queue=self.settings.queue_for_host(session.host))
 
-    def stop(self, session: Session, actor: str, reason: str) -> None:
-        assert session.host is not None
-        with _broker_errors():
-            self.app.send_task(
-                STOP_TASK, args=[session.id, actor, reason], queue=self.settings.queue_for_host(session.host)
-            )
+    def start(self, session: Session) -> None:
+        self._send(START_TASK, session)
 
-    def stop_all(self, actor: str) -> str:
-        with _broker_errors():
-            return self.app.send_task(STOP_ALL_TASK, args=[actor], queue=self.settings.control_queue).id
+    def stop(self, session: Session) -> None:
+        """Stop the container of a session in ``stopping`` (the record says who asked and why)."""
+        self._send(STOP_TASK, session)
 
-    def progress(self, task_id: str) -> dict[str, object]:
-        with _broker_errors():
-            result = self.app.AsyncResult(task_id)
-            state, info = result.state, result.info
-        done = total = 0
-        if isinstance(info, dict):
-            done, total = int(info.get("done", 0)), int(info.get("total", 0))
-        return {"state": state, "done": done, "total": total}
+    def discard(self, session: Session) -> None:
+        """Remove whatever a session that has ended left on its host (container, folders, mounts)."""
+        self._send(DISCARD_TASK, session)

@@ -7,7 +7,8 @@
      ├── LimitReached             global or per-host session cap                         (CLI exit 5)
      ├── NotFound                 no such session                                        (CLI exit 6)
      ├── RuntimeUnavailable       Redis, the broker or the Docker engine did not answer  (CLI exit 7)
-     └── StartFailed              the container or Jupyter did not come up               (CLI exit 8)
+     ├── StartFailed              the container or Jupyter did not come up               (CLI exit 8)
+     └── SchemaMismatch           a stored record written by a newer launcher             (CLI exit 9)
 
 Vendor errors (redis-py, docker-py, kombu) are translated where they enter: ``store``,
 ``dispatch`` and ``workers.runtime``. No message in this tree ever carries a Jupyter token.
@@ -67,3 +68,9 @@ class StartFailed(LauncherError):
     """The notebook container or its Jupyter server failed to come up."""
 
     exit_code = 8
+
+
+class SchemaMismatch(LauncherError):
+    """A stored record has a schema version this code does not know (written by a newer launcher)."""
+
+    exit_code = 9

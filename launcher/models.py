@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import string
 from datetime import UTC, datetime
@@ -10,7 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializationInfo, field_serializer
 
-SCHEMA_VERSION = 1
+from launcher.errors import SchemaMismatch
+
+SCHEMA_VERSION = 2
 SESSION_ID_ALPHABET = string.ascii_lowercase + string.digits
 SESSION_ID_PATTERN = r"^[a-z0-9]{12}$"
 
@@ -44,15 +47,32 @@ LIVE_STATUSES = frozenset({SessionStatus.QUEUED, SessionStatus.STARTING, Session
 TERMINAL_STATUSES = frozenset({SessionStatus.STOPPED, SessionStatus.ERROR})
 
 
-class StopReason(StrEnum):
+class Reason(StrEnum):
+    """Why a session changed: the only values the audit stream's ``reason`` holds."""
+
+    LAUNCH = "launch"  # reserved by a launch
+    START = "start"  # a worker took it
+    READY = "ready"  # Jupyter answered
+    ACTIVITY = "activity"  # a heartbeat
+    KEEPALIVE = "keepalive"  # the owner said "keep running"
+    EXEMPT = "exempt"  # an admin exempted it from (or returned it to) the maximum age
+    RECONCILE = "reconcile"  # adopted back after Redis lost it
+    # Why a session ended (also its ``stop_reason``):
     USER = "user"  # the owner asked
     ADMIN = "admin"  # an admin or operator asked
     IDLE = "idle"  # no activity for longer than the idle timeout
     MAX_AGE = "max_age"  # older than the maximum age
     DIED = "died"  # the container exited by itself
     OOM = "oom"  # the container was killed for memory
-    START_FAILED = "start_failed"
     LOST = "lost"  # the container vanished
+    START_FAILED = "start_failed"  # the container or Jupyter did not come up
+    DISPATCH_FAILED = "dispatch_failed"  # the task queue refused the start
+    NO_WORKER = "no_worker"  # queued past its deadline: no worker took it
+    START_TIMEOUT = "start_timeout"  # starting past its deadline
+    STOP_TIMEOUT = "stop_timeout"  # stopping past its deadline: ended by force
+
+
+StopReason = Reason  # the reasons a session ends are Reasons too
 
 
 class Role(StrEnum):
@@ -80,15 +100,17 @@ class Actor(BaseModel):
 
 
 class Session(BaseModel):
-    """One notebook session; stored as JSON in Redis by ``launcher.store`` and nowhere else."""
+    """One notebook session; stored as JSON in Redis by ``launcher.store`` and nowhere else. Immutable:
+    every change is a command (``launcher.transitions``) the store applies atomically."""
 
-    model_config = ConfigDict(validate_assignment=False)
+    model_config = ConfigDict(frozen=True)
 
     schema_version: int = SCHEMA_VERSION
     id: str = Field(pattern=SESSION_ID_PATTERN)
     user: str
     template: str
     status: SessionStatus = SessionStatus.QUEUED
+    status_since: datetime = Field(default_factory=utcnow)  # when it entered its status (for deadlines)
     phase: str | None = None  # what a live session is doing now, for people watching
     host: str | None = None
     container_id: str | None = None
@@ -102,6 +124,8 @@ class Session(BaseModel):
     stopped_at: datetime | None = None
     stop_reason: StopReason | None = None
     stop_requested_by: str | None = None
+    stop_batch: str | None = None  # the stop-all that asked, for its progress
+    max_age_exempt: bool = False  # an admin exempted it from the maximum age
     error: str | None = None
 
     @field_serializer("token")
@@ -113,6 +137,21 @@ class Session(BaseModel):
 
     def to_storage(self) -> str:
         return self.model_dump_json(context={"secrets": True})
+
+    @classmethod
+    def from_storage(cls, raw: str | bytes) -> Session:
+        """Read a stored record, upgrading older schema versions; a newer one is a clear error."""
+        data = json.loads(raw)
+        version = data.get("schema_version", 1) if isinstance(data, dict) else None
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise SchemaMismatch(
+                f"session record {str(data.get('id', '?'))[:12] if isinstance(data, dict) else '?'} has schema "
+                f"version {version!r}; this launcher reads up to {SCHEMA_VERSION}: upgrade this process"
+            )
+        if version < 2:  # v1 had no status_since: count deadlines from creation
+            data.setdefault("status_since", data.get("created_at"))
+        data["schema_version"] = SCHEMA_VERSION
+        return cls.model_validate(data)
 
     def public(self) -> dict[str, Any]:
         """A JSON-ready view without the token, fit for admins, other users and logs."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from launcher.models import Session, SessionStatus, StopReason
+from launcher.models import Reason, Session, SessionStatus
 from launcher.settings import Settings
 
 
@@ -32,7 +32,7 @@ class ReapPolicy:
 @dataclass(frozen=True)
 class Decision:
     verdict: Verdict
-    reason: StopReason | None
+    reason: Reason | None
     why: str
 
 
@@ -43,21 +43,25 @@ def last_active(session: Session) -> datetime | None:
 def should_reap(session: Session, now: datetime, policy: ReapPolicy) -> Decision:
     """Whether a session should be stopped now, and why.
 
-    Only running sessions are reaped. A busy kernel is work in progress, whatever the timestamps say
-    (kernel activity is updated only when a kernel sends output): it is never reaped, not even for age.
+    Only running sessions are reaped. The maximum age applies to every session an admin has not
+    exempted, busy or not (the console warns before it, so the owner can save and ask). Below it, a busy
+    kernel is work in progress whatever the timestamps say (kernel activity is updated only when a
+    kernel sends output), so a busy session is not reaped for idleness; a server that stops answering
+    is recorded with no busy kernel, so a hung "busy" session cannot hold its seat forever.
     """
     if session.status != SessionStatus.RUNNING:
         return Decision(Verdict.KEEP, None, f"not running ({session.status.value})")
+    started, limit = session.started_at, policy.max_age
+    if limit is not None and started is not None and not session.max_age_exempt and now - started >= limit:
+        return Decision(Verdict.REAP, Reason.MAX_AGE, f"older than {limit}")
     if session.kernels_busy > 0:
         return Decision(Verdict.KEEP, None, f"{session.kernels_busy} kernel(s) busy")
-    if policy.max_age is not None and session.started_at is not None and now - session.started_at >= policy.max_age:
-        return Decision(Verdict.REAP, StopReason.MAX_AGE, f"older than {policy.max_age}")
     active = last_active(session)
     if active is None:
         return Decision(Verdict.KEEP, None, "no activity recorded yet")
-    idle = now - active
+    idle = now - min(active, now)  # a timestamp later than now counts as now, never as "never idle"
     if idle >= policy.idle_timeout:
-        return Decision(Verdict.REAP, StopReason.IDLE, f"idle for {idle} (timeout {policy.idle_timeout})")
+        return Decision(Verdict.REAP, Reason.IDLE, f"idle for {idle} (timeout {policy.idle_timeout})")
     return Decision(Verdict.KEEP, None, f"idle for {idle}")
 
 
@@ -66,7 +70,54 @@ def time_left(session: Session, now: datetime, policy: ReapPolicy) -> timedelta 
     active = last_active(session)
     if session.status != SessionStatus.RUNNING or active is None:
         return None
-    left = policy.idle_timeout - (now - active)
-    if policy.max_age is not None and session.started_at is not None:
+    left = policy.idle_timeout - (now - min(active, now))
+    if policy.max_age is not None and session.started_at is not None and not session.max_age_exempt:
         left = min(left, policy.max_age - (now - session.started_at))
     return max(left, timedelta(0))
+
+
+# -- deadlines of the non-terminal states ---------------------------------------------------------
+
+
+class Due(StrEnum):
+    """What the deadline sweep does to one session."""
+
+    NOTHING = "nothing"
+    RESEND_START = "resend_start"  # queued a while: the start may have been lost; sending it again is safe
+    RESEND_STOP = "resend_stop"  # stopping a while: the stop may have been lost (a broker outage)
+    FAIL_QUEUED = "fail_queued"  # queued past its deadline: no worker took it
+    FAIL_STARTING = "fail_starting"  # starting past its deadline
+    FORCE_STOPPED = "force_stopped"  # stopping past its deadline
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    queued: timedelta
+    starting: timedelta
+    stopping: timedelta
+    resend_after: timedelta
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Deadlines:
+        return cls(
+            queued=timedelta(seconds=settings.queued_deadline_s),
+            starting=timedelta(seconds=settings.starting_deadline_s),
+            stopping=timedelta(seconds=settings.stopping_deadline_s),
+            resend_after=timedelta(seconds=settings.resend_after_s),
+        )
+
+
+def deadline_due(session: Session, now: datetime, deadlines: Deadlines) -> Due:
+    """What a live session's time in its status calls for (pure; table-tested)."""
+    waited = now - session.status_since
+    if session.status == SessionStatus.QUEUED:
+        if waited >= deadlines.queued:
+            return Due.FAIL_QUEUED
+        return Due.RESEND_START if waited >= deadlines.resend_after else Due.NOTHING
+    if session.status == SessionStatus.STARTING:
+        return Due.FAIL_STARTING if waited >= deadlines.starting else Due.NOTHING
+    if session.status == SessionStatus.STOPPING:
+        if waited >= deadlines.stopping:
+            return Due.FORCE_STOPPED
+        return Due.RESEND_STOP if waited >= deadlines.resend_after else Due.NOTHING
+    return Due.NOTHING

@@ -7,28 +7,43 @@ container work to the host's worker through the dispatcher. Every method takes t
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from pydantic import SecretStr
 
 from launcher.dispatch import Dispatcher
-from launcher.errors import LauncherError, LimitReached, NotFound, PermissionDenied, RuntimeUnavailable
+from launcher.errors import Conflict, LauncherError, LimitReached, NotFound, PermissionDenied, RuntimeUnavailable
+from launcher.flows import fail, request_stop
 from launcher.models import (
     TERMINAL_STATUSES,
     Actor,
     AuditEvent,
     Permission,
+    Reason,
     Session,
     SessionStatus,
-    StopReason,
     WorkspaceUsage,
     new_session_id,
     new_token,
-    utcnow,
 )
 from launcher.rbac import authorize, may_act_on
 from launcher.settings import Settings
 from launcher.store import SessionStore
+from launcher.transitions import ActorKind, By, KeepAlive, SetMaxAgeExempt
 from launcher.validation import available_templates, resolve_template, validate_user_id
+
+
+@dataclass(frozen=True)
+class StopAllProgress:
+    """A stop-all as its sessions show it: how many it asked to stop, and how many have ended."""
+
+    batch: str
+    total: int
+    done: int
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.total
 
 
 def redact(session: Session) -> Session:
@@ -64,20 +79,17 @@ class LauncherService:
         resolve_template(self.settings.templates_dir, template)
         self._check_quota(owner)
         session = Session(id=new_session_id(), user=owner, template=template, token=new_token())
-        session = self.store.reserve(session, actor=actor.name)
+        session = self.store.reserve(session, actor=str(self._by(actor, owner)))
         try:
             self.dispatcher.start(session)
-        except LauncherError as exc:
-            self.store.transition(
-                session.id,
-                SessionStatus.ERROR,
-                actor="launcher",
-                reason="dispatch_failed",
-                error=exc.user_message,
-                stop_reason=StopReason.START_FAILED,
-            )
+        except LauncherError as exc:  # the end state first: no seat, no lock left behind
+            fail(self.store, None, session.id, By(ActorKind.LAUNCHER), Reason.DISPATCH_FAILED, exc.user_message)
             raise
         return self._visible(actor, session)
+
+    @staticmethod
+    def _by(actor: Actor, owner: str) -> By:
+        return By(ActorKind.USER if actor.name == owner else ActorKind.ADMIN, actor.name)
 
     def _check_quota(self, owner: str) -> None:
         """Refuse a launch while a measured (not filesystem-enforced) workspace is over its quota."""
@@ -109,22 +121,37 @@ class LauncherService:
                 raise NotFound(f"{owner} has no live notebook session")
         if not may_act_on(actor, target.user):
             raise PermissionDenied(f"{actor.name} may not stop {target.user}'s session")
-        reason = StopReason.USER if actor.name == target.user else StopReason.ADMIN
-        session = self.store.transition(
-            target.id,
-            SessionStatus.STOPPING,
-            actor=actor.name,
-            reason=reason.value,
-            stop_requested_by=actor.name,
-            stop_reason=reason,
-        )
-        self.dispatcher.stop(session, actor.name, reason.value)
+        reason = Reason.USER if actor.name == target.user else Reason.ADMIN
+        session = request_stop(self.store, self.dispatcher, target.id, self._by(actor, target.user), reason)
         return self._visible(actor, session)
 
     def stop_all(self, actor: Actor) -> str:
-        """Enqueue the stop-all task; returns its Celery task id (its progress is its result)."""
+        """Ask every live session to stop (each through the one stop path); returns the batch id whose
+        progress ``stop_all_progress`` reports."""
         self._require(actor, Permission.MANAGE_NOTEBOOKS)
-        return self.dispatcher.stop_all(actor.name)
+        batch = new_session_id()
+        by = By(ActorKind.ADMIN, actor.name)
+        for session in self.store.list_live():
+            if session.status == SessionStatus.STOPPING:
+                continue
+            try:
+                request_stop(self.store, self.dispatcher, session.id, by, Reason.ADMIN, batch=batch)
+            except (Conflict, NotFound):
+                continue  # it ended meanwhile
+        return batch
+
+    def stop_all_progress(self, actor: Actor, batch: str) -> StopAllProgress:
+        """How far a stop-all has got, read from the sessions themselves."""
+        self._require(actor, Permission.MANAGE_NOTEBOOKS)
+        members = self.store.batch_members(batch)
+        done = sum(1 for s in members if not s.status.live)
+        return StopAllProgress(batch=batch, total=len(members), done=done)
+
+    def set_max_age_exempt(self, actor: Actor, session_id: str, exempt: bool = True) -> Session:
+        """An admin exempts a session from the maximum age (or returns it to it); audited."""
+        self._require(actor, Permission.MANAGE_NOTEBOOKS)
+        command = SetMaxAgeExempt(by=By(ActorKind.ADMIN, actor.name), reason=Reason.EXEMPT, exempt=exempt)
+        return self._visible(actor, self.store.apply(session_id, command))
 
     def keep_alive(self, actor: Actor) -> Session:
         """The owner says "keep running": counts as activity now (recorded in the audit trail)."""
@@ -132,21 +159,9 @@ class LauncherService:
         session = self.store.live_session_for(validate_user_id(actor.name))
         if session is None or session.status != SessionStatus.RUNNING:
             raise NotFound(f"{actor.name} has no running notebook session")
-        session = self.store.transition(
-            session.id,
-            None,
-            actor=actor.name,
-            reason="user",
-            expected={SessionStatus.RUNNING},
-            audit_action="keepalive",
-            newer={"last_activity_at": utcnow()},
-        )
+        session = self.store.apply(session.id, KeepAlive(by=By(ActorKind.USER, actor.name), reason=Reason.KEEPALIVE))
         return self._visible(actor, session)
 
-    def stop_all_progress(self, actor: Actor, task_id: str) -> dict[str, object]:
-        """``{"state": ..., "done": n, "total": m}`` of a stop-all task."""
-        self._require(actor, Permission.MANAGE_NOTEBOOKS)
-        return self.dispatcher.progress(task_id)
 
     # -- queries ----------------------------------------------------------------------------
     def session_for(self, actor: Actor, user: str | None = None) -> Session | None:

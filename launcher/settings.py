@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     stop_timeout_s: int = Field(10, ge=0)
     idle_timeout_s: float = Field(4 * 3600.0, gt=0)
     max_age_s: float | None = None
+    # Every non-terminal state has a deadline (launcher.policy.deadline_due, swept by Beat).
+    queued_deadline_s: float = Field(300.0, gt=0)
+    starting_deadline_s: float = Field(300.0, gt=0)
+    stopping_deadline_s: float = Field(120.0, gt=0)
+    resend_after_s: float = Field(30.0, gt=0)
+    deadline_sweep_interval_s: float = Field(15.0, gt=0)
     heartbeat_interval_s: float = Field(60.0, gt=0)
     reap_interval_s: float = Field(300.0, gt=0)
     reconcile_interval_s: float = Field(600.0, gt=0)

@@ -29,7 +29,6 @@ from pydantic import TypeAdapter
 
 from launcher.errors import Conflict, LimitReached, NotFound, RuntimeUnavailable
 from launcher.models import (
-    LIVE_STATUSES,
     AuditEvent,
     Session,
     SessionStatus,
@@ -37,6 +36,7 @@ from launcher.models import (
     utcnow,
 )
 from launcher.settings import Settings
+from launcher.transitions import Command, action_of, rule
 
 _RESERVE = """
 -- KEYS: 1 session, 2 user lock, 3 live, 4 audit, 5 recent, 6 user last, 7.. host live sets
@@ -73,7 +73,8 @@ _TRANSITION = """
 -- KEYS: 1 session, 2 live, 3 audit
 -- ARGV: 1 expected statuses (comma separated), 2 new status ('' keeps it), 3 patch json,
 --       4 actor, 5 reason, 6 now iso, 7 ttl of terminal records, 8 audit maxlen, 9 key prefix,
---       10 detail, 11 audit action ('' writes no audit entry), 12 json of timestamp fields that
+--       10 detail, 11 audit action ('' writes no audit entry), 13 a stop-all's set to join ('' none),
+--       12 json of timestamp fields that
 --       are set only when newer than the stored value (ISO-8601 UTC, compared after normalising)
 local function norm(t)
   if type(t) ~= 'string' then return '' end
@@ -94,7 +95,12 @@ for k, v in pairs(cjson.decode(ARGV[12])) do
   if norm(v) > norm(s[k]) then s[k] = v end
 end
 local new = ARGV[2]
+if new ~= '' and new ~= cur then s['status_since'] = ARGV[6] end
 if new ~= '' then s['status'] = new end
+if ARGV[13] and ARGV[13] ~= '' then
+  redis.call('SADD', ARGV[13], s['id'])
+  redis.call('EXPIRE', ARGV[13], 86400)
+end
 local enc = cjson.encode(s)
 if new == 'stopped' or new == 'error' then
   redis.call('SET', KEYS[1], enc, 'EX', tonumber(ARGV[7]))
@@ -138,16 +144,6 @@ redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*',
   'time', ARGV[4])
 return {'ok', ''}
 """
-
-# Which statuses a session may be in before it moves to each status.
-PREDECESSORS: dict[SessionStatus, frozenset[SessionStatus]] = {
-    SessionStatus.STARTING: frozenset({SessionStatus.QUEUED, SessionStatus.STARTING}),
-    SessionStatus.RUNNING: frozenset({SessionStatus.STARTING}),
-    SessionStatus.STOPPING: frozenset(LIVE_STATUSES),
-    SessionStatus.STOPPED: frozenset(LIVE_STATUSES),
-    SessionStatus.ERROR: frozenset(LIVE_STATUSES),
-}
-
 
 @contextlib.contextmanager
 def _redis_errors() -> Iterator[None]:
@@ -245,55 +241,45 @@ class SessionStore:
             )
         return session.model_copy(update={"host": detail})
 
-    def transition(
-        self,
-        session_id: str,
-        to: SessionStatus | None,
-        *,
-        actor: str,
-        reason: str = "",
-        expected: Iterable[SessionStatus] | None = None,
-        detail: str = "",
-        audit_action: str | None = None,
-        newer: dict[str, datetime] | None = None,
-        **patch: Any,
-    ) -> Session:
-        """Compare-and-set: move the session to ``to`` (or only patch it, when ``to`` is None).
+    def apply(self, session_id: str, command: Command) -> Session:
+        """Apply one command of the state machine (``launcher.transitions``) atomically.
 
-        The move happens only if the current status is in ``expected`` (default: the allowed
-        predecessors of ``to``). Fields in ``newer`` are set only when later than the stored value.
-        Raises ``NotFound`` or ``Conflict``; the record is unchanged then.
+        Raises ``NotFound`` when there is no such session, ``Conflict`` when its status does not allow
+        the command (the record is unchanged then).
         """
-        if expected is None:
-            if to is None:
-                raise ValueError("a patch without a status change needs explicit expected statuses")
-            expected = PREDECESSORS[to]
-        if audit_action is None:
-            audit_action = to.value if to is not None else ""
+        allowed, target = rule(command)
+        batch = getattr(command, "batch", None)
         args = [
-            ",".join(s.value for s in expected),
-            to.value if to is not None else "",
-            json.dumps({k: _jsonable(v) for k, v in patch.items()}),
-            actor,
-            reason,
+            ",".join(sorted(s.value for s in allowed)),
+            target.value if target is not None else "",
+            json.dumps({k: _jsonable(v) for k, v in command.patch().items()}),
+            str(command.by),
+            command.reason.value,
             utcnow().isoformat(),
             self._settings.session_record_ttl_s,
             self._settings.audit_maxlen,
             self.prefix,
-            detail,
-            audit_action,
-            json.dumps({k: _jsonable(v) for k, v in (newer or {}).items()}),
+            command.detail(),
+            action_of(command),
+            json.dumps({k: _jsonable(v) for k, v in command.newer().items()}),
+            self._k("stopall", batch) if batch else "",
         ]
         keys = [self._k("session", session_id), self._k("live"), self._k("audit")]
         with _redis_errors():
             verdict, raw = self._transition(keys=keys, args=args)
         if verdict == "missing":
             raise NotFound(f"no session {session_id!r}")
-        session = Session.model_validate_json(raw)
+        session = Session.from_storage(raw)
         if verdict == "conflict":
-            want = to.value if to else "update"
-            raise Conflict(f"session {session_id} is {session.status.value}; cannot {want} it")
+            name = type(command).__name__
+            raise Conflict(f"session {session_id} is {session.status.value}: {name} does not apply")
         return session
+
+    def batch_members(self, batch: str) -> list[Session]:
+        """The sessions a stop-all asked to stop (for its progress)."""
+        with _redis_errors():
+            ids = self._r.smembers(self._k("stopall", batch))
+        return self._many(ids)
 
     def adopt(self, session: Session, *, actor: str) -> bool:
         """Record a session rebuilt from a live container. False when its user holds another session."""
@@ -340,7 +326,7 @@ class SessionStore:
     def get(self, session_id: str) -> Session | None:
         with _redis_errors():
             raw = self._r.get(self._k("session", session_id))
-        return Session.model_validate_json(raw) if raw else None
+        return Session.from_storage(raw) if raw else None
 
     def require(self, session_id: str) -> Session:
         session = self.get(session_id)
@@ -368,7 +354,7 @@ class SessionStore:
             return []
         with _redis_errors():
             raws = self._r.mget([self._k("session", sid) for sid in ids])
-        return [Session.model_validate_json(raw) for raw in raws if raw]
+        return [Session.from_storage(raw) for raw in raws if raw]
 
     def list_live(self, host: str | None = None) -> list[Session]:
         key = self._k("host", host, "live") if host else self._k("live")

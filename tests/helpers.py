@@ -177,22 +177,38 @@ class RecordingDispatcher:
     def start(self, session):
         self.sent.append(("start", session.id, session.host))
 
-    def stop(self, session, actor, reason):
-        self.sent.append(("stop", session.id, actor, reason))
+    def stop(self, session):
+        self.sent.append(("stop", session.id))
 
-    def stop_all(self, actor):
-        self.sent.append(("stop_all", actor))
-        return "task-id"
-
-    def progress(self, task_id):
-        return {"state": "SUCCESS", "done": 0, "total": 0}
+    def discard(self, session):
+        self.sent.append(("discard", session.id))
 
 
-LOOPBACK = re.compile(r"^(http|ws)://127\.0\.0\.1[:/]")
+LOOPBACK = re.compile(r"^(http|ws)://(127\.0\.0\.1|[a-z0-9.-]+\.localhost)[:/]")
 
 
 def new_context(browser):
-    """A browser context whose requests to anything but 127.0.0.1 are aborted before they leave."""
+    """A browser context whose requests to anything but 127.0.0.1 and *.localhost are aborted."""
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     context.route(lambda url: not LOOPBACK.match(url), lambda route: route.abort())
     return context
+
+
+def bring_to(store, session_id: str, status, url: str = "http://placeholder.nb.localhost") -> Any:
+    """Move a reserved session to ``status`` through the state machine's own commands (test set-up)."""
+    from launcher.models import Reason, SessionStatus
+    from launcher.transitions import ActorKind, By, MarkRunning, MarkStarting, MarkStopped, RequestStop
+
+    by = By(ActorKind.WORKER, "test")
+    session = store.get(session_id)
+    path = [SessionStatus.STARTING, SessionStatus.RUNNING, SessionStatus.STOPPING, SessionStatus.STOPPED]
+    commands = {
+        SessionStatus.STARTING: MarkStarting(by=by, reason=Reason.START),
+        SessionStatus.RUNNING: MarkRunning(by=by, reason=Reason.READY, url=url),
+        SessionStatus.STOPPING: RequestStop(by=by, reason=Reason.USER),
+        SessionStatus.STOPPED: MarkStopped(by=by, reason=Reason.USER),
+    }
+    for step in path[: path.index(status) + 1]:
+        if session.status != step:
+            session = store.apply(session_id, commands[step])
+    return session

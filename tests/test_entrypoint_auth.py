@@ -24,7 +24,7 @@ from launcher.authorizer import Request, cross_origin_refusal, parse_cookies
 from launcher.models import Actor, Role, Session, SessionStatus, new_session_id, new_token
 from launcher.settings import Settings
 from launcher.store import SessionStore
-from tests.helpers import free_port, wait_for
+from tests.helpers import bring_to, free_port, wait_for
 from tests.stack import random_instance, start_entrypoint
 from tests.web import OriginClient, make_login
 from workers import hostfs
@@ -117,15 +117,15 @@ def entry(redis_url, workdir):
     store = SessionStore.from_settings(settings)
     session = Session(id=new_session_id(), user="ep-alice", template="alpha_research", token=new_token())
     session = store.reserve(session, actor="test")
-    store.transition(session.id, SessionStatus.STARTING, actor="test")
     secret = session.token.get_secret_value()
+    bring_to(store, session.id, SessionStatus.STARTING)
     hostfs.prepare_rundir(settings, session.id, secret)
     sock = hostfs.socket_path(settings, session.id)
     server = _UnixHTTPServer(str(sock), _Capture)
     os.chown(sock, settings.notebook_uid, settings.proxy_gid)
     hostfs.lock_socket(settings, session.id)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    store.transition(session.id, SessionStatus.RUNNING, actor="test", url=settings.session_origin(session.id))
+    bring_to(store, session.id, SessionStatus.RUNNING, url=settings.session_origin(session.id))
     proc = start_entrypoint(settings, base / "nginx")
     yield settings, store, session, secret
     proc.stop()
@@ -302,9 +302,6 @@ def test_tls_with_a_wildcard_certificate(entry, workdir):
         }
     )
     proc = start_entrypoint(tls, folder / "nginx", health_scheme="https")
-    store.transition(
-        session.id, None, actor="test", expected={SessionStatus.RUNNING}, url=tls.session_origin(session.id)
-    )
     try:
         browser = OriginClient(tls, session.id, verify=ssl.create_default_context(cafile=str(cert)))
         browser.open(
@@ -321,6 +318,4 @@ def test_tls_with_a_wildcard_certificate(entry, workdir):
         assert plain.status_code == 400  # plain HTTP on the TLS port gets nginx's refusal, nothing else
     finally:
         proc.stop()
-        store.transition(
-            session.id, None, actor="test", expected={SessionStatus.RUNNING}, url=settings.session_origin(session.id)
-        )
+

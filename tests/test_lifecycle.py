@@ -6,10 +6,19 @@ import fakeredis
 import pytest
 
 from launcher.errors import StartFailed
-from launcher.models import Session, SessionStatus, new_session_id, new_token
+from launcher.flows import request_stop
+from launcher.models import Reason, Session, SessionStatus, new_session_id, new_token
 from launcher.store import SessionStore
-from workers import lifecycle
+from launcher.transitions import ActorKind, By
+from tests.helpers import RecordingDispatcher, bring_to
+from workers import hostfs, lifecycle
 from workers.runtime import FakeRuntime
+
+
+def no_socket_here(monkeypatch) -> None:
+    """The in-memory runtime starts no Jupyter, so there is no socket to lock or secret to retire."""
+    monkeypatch.setattr(hostfs, "lock_socket", lambda *a: None)
+    monkeypatch.setattr(hostfs, "retire_secret", lambda *a: None)
 
 
 @pytest.fixture
@@ -48,9 +57,9 @@ def test_start_that_never_answers_is_cleaned_up(ctx):
 def test_stop_is_idempotent_and_start_after_stop_does_nothing(ctx):
     """Stopping twice is harmless; a start delivered after a stop creates nothing."""
     s = reserve(ctx)
-    ctx.store.transition(s.id, SessionStatus.STOPPING, actor="ann", reason="user")
-    first = lifecycle.stop(ctx, s.id, "ann", "user")
-    second = lifecycle.stop(ctx, s.id, "ann", "user")
+    request_stop(ctx.store, RecordingDispatcher(), s.id, By(ActorKind.USER, "ann"), Reason.USER)
+    first = lifecycle.stop(ctx, s.id)
+    second = lifecycle.stop(ctx, s.id)
     assert first.status == second.status == SessionStatus.STOPPED and first.stop_reason == "user"
     late = lifecycle.start(ctx, s.id)
     assert late.status == SessionStatus.STOPPED and ctx.runtime.containers == {}
@@ -63,10 +72,11 @@ def test_duplicate_start_does_not_remove_the_winners_container(ctx, monkeypatch)
     s = reserve(ctx)
 
     def other_delivery_wins(*args, **kwargs):
-        ctx.store.transition(s.id, SessionStatus.RUNNING, actor="worker:other", url="http://x/user/y/lab")
+        bring_to(ctx.store, s.id, SessionStatus.RUNNING)
         return 0.01
 
     monkeypatch.setattr(lifecycle, "wait_ready", other_delivery_wins)
+    no_socket_here(monkeypatch)
     result = lifecycle.start(ctx, s.id)
     assert result.status == SessionStatus.RUNNING
     assert len(ctx.runtime.containers) == 1  # the winner's container is still there
@@ -77,10 +87,11 @@ def test_stop_during_start_removes_what_the_start_made(ctx, monkeypatch):
     s = reserve(ctx)
 
     def stop_arrives(*args, **kwargs):
-        ctx.store.transition(s.id, SessionStatus.STOPPING, actor="ann", reason="user")
+        request_stop(ctx.store, RecordingDispatcher(), s.id, By(ActorKind.USER, "ann"), Reason.USER)
         return 0.01
 
     monkeypatch.setattr(lifecycle, "wait_ready", stop_arrives)
+    no_socket_here(monkeypatch)
     result = lifecycle.start(ctx, s.id)
     assert result.status == SessionStatus.STOPPING
     assert ctx.runtime.containers == {}

@@ -5,15 +5,20 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import SecretStr
 
-from launcher.models import Session, SessionStatus, StopReason
-from launcher.policy import ReapPolicy, Verdict, should_reap, time_left
+from launcher.models import Reason, Session, SessionStatus
+from launcher.policy import Deadlines, Due, ReapPolicy, Verdict, deadline_due, should_reap, time_left
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 H = timedelta(hours=1)
+M = timedelta(minutes=1)
 
 
-def session(status=SessionStatus.RUNNING, idle=timedelta(0), age=2 * H, busy=0, last=True) -> Session:
+def session(
+    status=SessionStatus.RUNNING, idle=timedelta(0), age=2 * H, busy=0, last=True, exempt=False, since=None
+) -> Session:
     return Session(
+        status_since=NOW - (since if since is not None else age),
+        max_age_exempt=exempt,
         id="abcdefghij12",
         user="ann",
         template="alpha_research",
@@ -34,13 +39,28 @@ WITH_AGE = ReapPolicy(idle_timeout=4 * H, max_age=12 * H)
     [
         ("fresh activity", session(idle=timedelta(minutes=5)), FOUR_H, Verdict.KEEP, None),
         ("just under the timeout", session(idle=4 * H - timedelta(seconds=1)), FOUR_H, Verdict.KEEP, None),
-        ("exactly the timeout", session(idle=4 * H, age=5 * H), FOUR_H, Verdict.REAP, StopReason.IDLE),
-        ("long idle", session(idle=9 * H, age=10 * H), FOUR_H, Verdict.REAP, StopReason.IDLE),
+        ("exactly the timeout", session(idle=4 * H, age=5 * H), FOUR_H, Verdict.REAP, Reason.IDLE),
+        ("long idle", session(idle=9 * H, age=10 * H), FOUR_H, Verdict.REAP, Reason.IDLE),
         ("busy kernel, stale timestamps", session(idle=9 * H, age=10 * H, busy=1), FOUR_H, Verdict.KEEP, None),
-        ("busy kernel past max age", session(idle=9 * H, age=20 * H, busy=2), WITH_AGE, Verdict.KEEP, None),
-        ("active but past max age", session(idle=timedelta(0), age=13 * H), WITH_AGE, Verdict.REAP, StopReason.MAX_AGE),
+        ("busy kernel past max age", session(idle=9 * H, age=20 * H, busy=2), WITH_AGE, Verdict.REAP, Reason.MAX_AGE),
+        (
+            "busy, past max age, exempted by an admin",
+            session(age=20 * H, busy=2, exempt=True),
+            WITH_AGE,
+            Verdict.KEEP,
+            None,
+        ),
+        (
+            "idle, exempt from max age: idle still reaps",
+            session(idle=5 * H, age=20 * H, exempt=True),
+            WITH_AGE,
+            Verdict.REAP,
+            Reason.IDLE,
+        ),
+        ("a timestamp in the future counts as now", session(idle=-50 * H, age=5 * H), FOUR_H, Verdict.KEEP, None),
+        ("active but past max age", session(idle=timedelta(0), age=13 * H), WITH_AGE, Verdict.REAP, Reason.MAX_AGE),
         ("active, under max age", session(idle=timedelta(0), age=11 * H), WITH_AGE, Verdict.KEEP, None),
-        ("no activity stamp: start time counts", session(age=5 * H, last=False), FOUR_H, Verdict.REAP, StopReason.IDLE),
+        ("no activity stamp: start time counts", session(age=5 * H, last=False), FOUR_H, Verdict.REAP, Reason.IDLE),
         (
             "starting sessions are never reaped",
             session(status=SessionStatus.STARTING, idle=9 * H),
@@ -58,7 +78,8 @@ WITH_AGE = ReapPolicy(idle_timeout=4 * H, max_age=12 * H)
     ],
 )
 def test_should_reap_table(case, s, policy, verdict, reason):
-    """Idle past the timeout or past max age reaps; a busy kernel or a non-running session never does."""
+    """Idle past the timeout reaps unless a kernel is busy; past max age reaps busy or not unless exempt;
+    a non-running session never is."""
     decision = should_reap(s, NOW, policy)
     assert (decision.verdict, decision.reason) == (verdict, reason), case
 
@@ -71,3 +92,26 @@ def test_time_left():
         minutes=30
     )
     assert time_left(session(status=SessionStatus.STOPPED), NOW, FOUR_H) is None
+
+
+D = Deadlines(queued=5 * M, starting=5 * M, stopping=2 * M, resend_after=timedelta(seconds=30))
+
+
+@pytest.mark.parametrize(
+    ("status", "since", "due"),
+    [
+        (SessionStatus.QUEUED, timedelta(seconds=10), Due.NOTHING),
+        (SessionStatus.QUEUED, timedelta(seconds=40), Due.RESEND_START),
+        (SessionStatus.QUEUED, 5 * M, Due.FAIL_QUEUED),
+        (SessionStatus.STARTING, 4 * M, Due.NOTHING),
+        (SessionStatus.STARTING, 6 * M, Due.FAIL_STARTING),
+        (SessionStatus.STOPPING, timedelta(seconds=10), Due.NOTHING),
+        (SessionStatus.STOPPING, timedelta(seconds=31), Due.RESEND_STOP),
+        (SessionStatus.STOPPING, 2 * M, Due.FORCE_STOPPED),
+        (SessionStatus.RUNNING, 100 * H, Due.NOTHING),
+        (SessionStatus.STOPPED, 100 * H, Due.NOTHING),
+    ],
+)
+def test_deadline_table(status, since, due):
+    """Each non-terminal state has a deadline; queued and stopping sessions get their task again first."""
+    assert deadline_due(session(status=status, since=since), NOW, D) == due

@@ -20,13 +20,14 @@ import pytest
 
 from launcher.errors import RuntimeUnavailable, StartFailed
 from launcher.jupyter import BadAnswer, NoAnswer, api_get, wait_ready
-from launcher.models import Session, SessionStatus, StopReason, new_session_id, new_token, utcnow
+from launcher.models import Reason, Session, SessionStatus, new_session_id, new_token, utcnow
 from launcher.policy import ReapPolicy, Verdict, should_reap
 from launcher.settings import REPO_ROOT, Settings
 from launcher.spec import container_name
 from launcher.store import SessionStore
+from launcher.transitions import ActorKind, By, MarkRunning, MarkStarting, RecordActivity
 from tests.stack import random_instance
-from workers import hostfs, lifecycle
+from workers import hostfs, lifecycle, sweeps
 from workers.activity import probe
 from workers.runtime import ContainerState, FakeRuntime
 
@@ -193,16 +194,11 @@ def running(ctx: lifecycle.WorkerContext, user: str, kernels_busy: int = 0) -> S
     s = ctx.store.reserve(
         Session(id=new_session_id(), user=user, template="alpha_research", token=new_token()), actor="t"
     )
-    ctx.store.transition(s.id, SessionStatus.STARTING, actor="t")
     hour_ago = utcnow() - timedelta(hours=1)
-    s = ctx.store.transition(
-        s.id,
-        SessionStatus.RUNNING,
-        actor="t",
-        started_at=hour_ago,
-        last_activity_at=hour_ago,
-        kernels_busy=kernels_busy,
-    )
+    by = By(ActorKind.WORKER, "t")
+    ctx.store.apply(s.id, MarkStarting(by=by, reason=Reason.START))
+    ctx.store.apply(s.id, MarkRunning(by=by, reason=Reason.READY, url="http://x", at=hour_ago))
+    s = ctx.store.apply(s.id, RecordActivity(by=by, reason=Reason.ACTIVITY, kernels_busy=kernels_busy))
     ctx.runtime.start({"name": container_name(ctx.settings, s.id), "labels": {}})
     return s
 
@@ -226,7 +222,7 @@ def test_heartbeat_updates_healthy_sessions_despite_hostile_ones(redis_url, shor
     proc = served(ctx, sessions)
     try:
         before = utcnow()
-        counts, exc, took = timed(lifecycle.heartbeat, ctx, probe_deadline=2.0, sweep_deadline=6.0)
+        counts, exc, took = timed(sweeps.heartbeat, ctx, probe_deadline=2.0, sweep_deadline=6.0)
     finally:
         stop_fake(proc)
     assert exc is None, repr(exc)
@@ -243,7 +239,7 @@ def test_heartbeat_updates_healthy_sessions_despite_hostile_ones(redis_url, shor
     assert should_reap(after["future"], utcnow() + timedelta(hours=1, seconds=1), policy).verdict == Verdict.REAP
     assert should_reap(after["hang"], utcnow(), policy).verdict == Verdict.REAP
     gone = ctx.store.get(dead.id)
-    assert gone.status == SessionStatus.ERROR and gone.stop_reason == StopReason.DIED
+    assert gone.status == SessionStatus.ERROR and gone.stop_reason == Reason.DIED
 
 
 def probe_threads() -> list[threading.Thread]:
@@ -258,7 +254,7 @@ def test_sweep_deadline_abandons_probes_and_skips_the_rest(redis_url, short_dir)
         [(hostfs.socket_path(ctx.settings, s.id), s.token.get_secret_value(), "hang") for s in sessions.values()]
     )
     try:
-        counts, exc, took = timed(lifecycle.heartbeat, ctx, max_parallel=2, probe_deadline=5.0, sweep_deadline=1.5)
+        counts, exc, took = timed(sweeps.heartbeat, ctx, max_parallel=2, probe_deadline=5.0, sweep_deadline=1.5)
         assert exc is None, repr(exc)
         assert took < 1.5 + MARGIN, f"sweep took {took:.1f} s (waiting for every probe would take 15 s)"
         assert counts["unreachable"] + counts["skipped"] == 6 and counts["skipped"] >= 1, counts
@@ -295,7 +291,7 @@ def test_docker_down_costs_one_lookup_and_silent_sessions_are_not_busy(redis_url
         + [(hostfs.socket_path(ctx.settings, healthy.id), healthy.token.get_secret_value(), "busy")]
     )
     try:
-        counts = lifecycle.heartbeat(ctx, probe_deadline=2.0, sweep_deadline=4.0)
+        counts = sweeps.heartbeat(ctx, probe_deadline=2.0, sweep_deadline=4.0)
     finally:
         stop_fake(proc)
     assert counts == {"running": 5, "updated": 1, "dead": 0, "unreachable": 4, "skipped": 0}

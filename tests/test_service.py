@@ -9,7 +9,7 @@ from launcher.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from launcher.models import Actor, Role, SessionStatus
 from launcher.service import LauncherService
 from launcher.store import SessionStore
-from tests.helpers import RecordingDispatcher
+from tests.helpers import RecordingDispatcher, bring_to
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_researcher_cannot_launch_or_stop_for_others(svc):
 def test_second_launch_while_starting_is_a_conflict(svc):
     """A second launch while the first is queued or starting is refused; one start is enqueued."""
     first = svc.launch(ANN, "alpha_research")
-    svc.store.transition(first.id, SessionStatus.STARTING, actor="w")
+    bring_to(svc.store, first.id, SessionStatus.STARTING)
     with pytest.raises(Conflict, match="already has a live notebook session"):
         svc.launch(ANN, "factor_analysis")
     assert [m[0] for m in svc.dispatcher.sent] == ["start"]
@@ -88,11 +88,13 @@ def test_stop_of_missing_session_is_not_found(svc):
 
 
 def test_admin_stop_records_admin_reason_and_redacts_token(svc):
-    """An admin stopping another user's session is recorded as 'admin'; the admin never sees the token."""
+    """An admin stopping another user's session is recorded as 'admin'; nobody, owner included, gets the
+    Jupyter secret from the service (the entry point adds it upstream)."""
     mine = svc.launch(ANN, "alpha_research")
-    assert mine.token.get_secret_value()
+    assert mine.token.get_secret_value() == "" and svc.store.get(mine.id).token.get_secret_value()
     stopped = svc.stop(ADMIN, "ann")
     assert stopped.status == SessionStatus.STOPPING and stopped.stop_reason == "admin"
     assert stopped.token.get_secret_value() == ""
-    assert svc.dispatcher.sent[-1] == ("stop", mine.id, "root-admin", "admin")
+    assert svc.dispatcher.sent[-1] == ("stop", mine.id)
+    assert svc.store.get(mine.id).stop_requested_by == "admin:root-admin"
     assert all(s.token.get_secret_value() == "" for s in svc.list_sessions(ADMIN))

@@ -13,6 +13,7 @@ from celery.signals import worker_ready
 
 from celeryconfig import build
 from launcher.dispatch import CeleryDispatcher
+from launcher.errors import LauncherError
 from launcher.logs import event
 from launcher.settings import Settings
 
@@ -32,18 +33,21 @@ app = create_app(Settings())
 @worker_ready.connect
 def _resume_unfinished(sender=None, **_: object) -> None:
     """A worker that died mid-start or mid-stop left sessions behind: finish them (idempotently)."""
-    from workers import lifecycle
+    from workers import sweeps
     from workers.tasks import context
 
     ctx = context()
-    counts = lifecycle.reconcile(ctx)
+    try:
+        counts = sweeps.reconcile(ctx)
+    except LauncherError as exc:  # Docker down at worker start: Beat's reconcile tries again later
+        event(log, "worker.reconcile_failed", level=logging.WARNING, error=exc.log_message)
+        counts = {}
     event(log, "worker.reconciled", host=ctx.settings.host_name, **counts)
-    starting, stopping = lifecycle.unfinished(ctx)
+    starting, stopping = sweeps.unfinished(ctx)
     dispatcher = CeleryDispatcher(app, ctx.settings)
     for session in filter(None, map(ctx.store.get, starting)):
         dispatcher.start(session)
     for session in filter(None, map(ctx.store.get, stopping)):
-        reason = session.stop_reason.value if session.stop_reason else "admin"
-        dispatcher.stop(session, session.stop_requested_by or ctx.actor, reason)
+        dispatcher.stop(session)
     if starting or stopping:
         event(log, "worker.resumed", host=ctx.settings.host_name, starting=len(starting), stopping=len(stopping))

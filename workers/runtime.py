@@ -96,8 +96,18 @@ class DockerRuntime:
     """``Runtime`` on a real Docker engine through docker-py."""
 
     def __init__(self, client: docker.DockerClient | None = None) -> None:
-        with _docker_errors():
-            self._client = client or docker.from_env(timeout=30)
+        self._given = client
+        self._lazy: docker.DockerClient | None = None
+
+    @property
+    def _client(self) -> docker.DockerClient:
+        """Connected on first use (inside each method's error translation), so a process can start, and
+        a task begin, while the engine is unreachable; the call then fails with ``RuntimeUnavailable``."""
+        if self._given is not None:
+            return self._given
+        if self._lazy is None:
+            self._lazy = docker.from_env(timeout=30)
+        return self._lazy
 
     def start(self, spec: dict[str, Any]) -> Handle:
         name = spec["name"]

@@ -1,0 +1,31 @@
+"""The composition root: each process (console, CLI, worker, Beat, entry point) builds its settings and
+adapters here, once, and hands them to the code that needs them. Nothing else constructs adapters."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from launcher.dispatch import CeleryDispatcher
+from launcher.service import LauncherService
+from launcher.settings import Settings
+from launcher.store import SessionStore
+
+if TYPE_CHECKING:
+    from workers.lifecycle import WorkerContext
+
+
+def build_store(settings: Settings) -> SessionStore:
+    return SessionStore.from_settings(settings)
+
+
+def build_service(settings: Settings) -> LauncherService:
+    """The service the console and the CLI call: the Redis store and the Celery dispatcher."""
+    return LauncherService(settings, build_store(settings), CeleryDispatcher.from_settings(settings))
+
+
+def build_worker_context(settings: Settings) -> WorkerContext:
+    """What a host's worker acts with: the store and this host's Docker engine (connected on first use)."""
+    from workers.lifecycle import WorkerContext
+    from workers.runtime import DockerRuntime
+
+    return WorkerContext(settings, build_store(settings), DockerRuntime())

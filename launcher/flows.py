@@ -1,0 +1,65 @@
+"""The one stop path and the one fail path, used by the console, the CLI, the reaper, stop-all, the
+deadline sweep and recovery alike.
+
+Both write the state first and hand the clean-up to the owning host after, so an outage in between
+(a broker that refuses, a host that is down) never leaves a session unfinished: a stop whose dispatch
+failed sits in ``stopping`` and the deadline sweep sends it again, then ends it by force; a failed
+session's leftovers are removed by its host's reconcile whenever it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from launcher.dispatch import Dispatcher
+from launcher.errors import Conflict, NotFound, RuntimeUnavailable
+from launcher.logs import event
+from launcher.models import Reason, Session
+from launcher.store import SessionStore
+from launcher.transitions import By, FailStart, MarkFailed, RequestStop
+
+log = logging.getLogger("launcher")
+
+
+def request_stop(
+    store: SessionStore, dispatcher: Dispatcher, session_id: str, by: By, reason: Reason, *, batch: str | None = None
+) -> Session:
+    """Move a live session to ``stopping`` and ask its host to stop it.
+
+    Raises ``NotFound`` / ``Conflict`` when there is nothing to stop. A dispatch that fails is logged,
+    not raised: the session is already ``stopping``, and the deadline sweep sends the stop again.
+    """
+    session = store.apply(session_id, RequestStop(by=by, reason=reason, batch=batch))
+    try:
+        dispatcher.stop(session)
+    except RuntimeUnavailable as exc:
+        event(log, "session.stop_dispatch_failed", level=logging.WARNING, session_id=session_id, error=exc.log_message)
+    return session
+
+
+def fail(
+    store: SessionStore,
+    dispatcher: Dispatcher | None,
+    session_id: str,
+    by: By,
+    reason: Reason,
+    error: str,
+    *,
+    starting_only: bool = False,
+) -> Session | None:
+    """End a live session in ``error`` with a message its owner can read, then ask its host to clean up.
+
+    Returns the ended session, or the current record when it had already ended (None if it is gone).
+    """
+    command = (FailStart if starting_only else MarkFailed)(by=by, reason=reason, error=error)
+    try:
+        session = store.apply(session_id, command)
+    except (Conflict, NotFound):
+        return store.get(session_id)
+    if dispatcher is not None:
+        try:
+            dispatcher.discard(session)
+        except RuntimeUnavailable as exc:  # reconcile on that host removes what is left
+            warning = {"level": logging.WARNING, "session_id": session_id, "error": exc.log_message}
+            event(log, "session.discard_dispatch_failed", **warning)
+    return session

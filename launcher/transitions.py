@@ -1,0 +1,189 @@
+"""The session state machine in one screen: typed commands and the statuses each may start from.
+
+    queued ──► starting ──► running ──► stopping ──► stopped
+       │           │           │            │
+       └───────────┴───────────┴────────────┴──────► error
+
+Every change to a session is one of these frozen commands, applied by the store as one atomic
+compare-and-set (``SessionStore.apply``): it happens only when the current status is in
+``ALLOWED_FROM[type(command)]``, and the same step keeps the live sets, the user lock, the seats and
+the audit stream in step. Commands that do not change the status (``None`` target) patch fields.
+Every reason is a ``Reason`` and every actor a ``By``; nothing else reaches the audit stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from launcher.models import LIVE_STATUSES, Reason, SessionStatus, utcnow
+
+Q, S, R, X = SessionStatus.QUEUED, SessionStatus.STARTING, SessionStatus.RUNNING, SessionStatus.STOPPING
+
+
+class ActorKind(StrEnum):
+    USER = "user"  # a console user acting on their own session
+    ADMIN = "admin"  # a console admin or an operator (CLI) acting on anyone's
+    WORKER = "worker"  # a host's worker
+    REAPER = "reaper"  # the idle / max-age policy
+    SWEEPER = "sweeper"  # the deadline sweep
+    RECONCILER = "reconciler"  # containers against Redis
+    LAUNCHER = "launcher"  # the service itself (e.g. a dispatch that failed)
+
+
+@dataclass(frozen=True)
+class By:
+    """Who applies a command: a kind, and a name where one exists (a user, a host)."""
+
+    kind: ActorKind
+    name: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}:{self.name}" if self.name else self.kind.value
+
+
+@dataclass(frozen=True)
+class Command:
+    """Base of every command: who and why. Subclasses add the fields they set."""
+
+    by: By
+    reason: Reason
+
+    audit_action: str = field(default="", init=False, repr=False)  # '' for silent patches
+
+    def patch(self) -> dict[str, Any]:
+        """Fields written as they are."""
+        return {}
+
+    def newer(self) -> dict[str, datetime]:
+        """Timestamp fields written only when later than the stored value."""
+        return {}
+
+    def detail(self) -> str:
+        return ""
+
+
+@dataclass(frozen=True)
+class MarkStarting(Command):
+    phase: str = "preparing workspace"
+
+    def patch(self) -> dict[str, Any]:
+        return {"phase": self.phase}
+
+
+@dataclass(frozen=True)
+class SetPhase(Command):
+    phase: str = ""
+    container_id: str | None = None
+
+    def patch(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"phase": self.phase}
+        if self.container_id is not None:
+            out["container_id"] = self.container_id
+        return out
+
+
+@dataclass(frozen=True)
+class MarkRunning(Command):
+    url: str = ""
+    at: datetime = field(default_factory=utcnow)
+
+    def patch(self) -> dict[str, Any]:
+        return {"url": self.url, "started_at": self.at, "last_activity_at": self.at, "phase": None}
+
+
+@dataclass(frozen=True)
+class RecordActivity(Command):
+    last_activity_at: datetime | None = None
+    kernels_busy: int = 0
+    connections: int = 0
+
+    def patch(self) -> dict[str, Any]:
+        return {"kernels_busy": self.kernels_busy, "connections": self.connections}
+
+    def newer(self) -> dict[str, datetime]:
+        return {"last_activity_at": self.last_activity_at} if self.last_activity_at else {}
+
+
+@dataclass(frozen=True)
+class KeepAlive(Command):
+    at: datetime = field(default_factory=utcnow)
+    audit_action: str = field(default="keepalive", init=False, repr=False)
+
+    def newer(self) -> dict[str, datetime]:
+        return {"last_activity_at": self.at}
+
+
+@dataclass(frozen=True)
+class SetMaxAgeExempt(Command):
+    exempt: bool = True
+    audit_action: str = field(default="max_age_exempt", init=False, repr=False)
+
+    def patch(self) -> dict[str, Any]:
+        return {"max_age_exempt": self.exempt}
+
+    def detail(self) -> str:
+        return "exempt" if self.exempt else "not exempt"
+
+
+@dataclass(frozen=True)
+class RequestStop(Command):
+    batch: str | None = None  # a stop-all's id, for its progress
+
+    def patch(self) -> dict[str, Any]:
+        return {"stop_reason": self.reason, "stop_requested_by": str(self.by), "stop_batch": self.batch}
+
+
+@dataclass(frozen=True)
+class MarkStopped(Command):
+    note: str = ""
+
+    def patch(self) -> dict[str, Any]:
+        return {"stopped_at": utcnow(), "phase": None}
+
+    def detail(self) -> str:
+        return self.note
+
+
+@dataclass(frozen=True)
+class MarkFailed(Command):
+    error: str = ""
+
+    def patch(self) -> dict[str, Any]:
+        return {"error": self.error, "stop_reason": self.reason, "stopped_at": utcnow(), "phase": None}
+
+    def detail(self) -> str:
+        return self.error
+
+
+@dataclass(frozen=True)
+class FailStart(MarkFailed):
+    """A start that failed: only while the session is still being started (never a running one that
+    another delivery of the same start brought up)."""
+
+
+# The whole state machine: (statuses a command may start from, the status it moves to or None).
+TRANSITIONS: dict[type[Command], tuple[frozenset[SessionStatus], SessionStatus | None]] = {
+    MarkStarting: (frozenset({Q, S}), S),
+    SetPhase: (frozenset({S}), None),
+    MarkRunning: (frozenset({S}), R),
+    RecordActivity: (frozenset({R}), None),
+    KeepAlive: (frozenset({R}), None),
+    SetMaxAgeExempt: (frozenset({Q, S, R}), None),
+    RequestStop: (frozenset({Q, S, R}), X),
+    MarkStopped: (frozenset({X}), SessionStatus.STOPPED),
+    MarkFailed: (LIVE_STATUSES, SessionStatus.ERROR),
+    FailStart: (frozenset({Q, S}), SessionStatus.ERROR),
+}
+
+
+def rule(command: Command) -> tuple[frozenset[SessionStatus], SessionStatus | None]:
+    return TRANSITIONS[type(command)]
+
+
+def action_of(command: Command) -> str:
+    """What the audit stream records for this command ('' for none)."""
+    _, target = rule(command)
+    return target.value if target is not None else command.audit_action
