@@ -16,9 +16,18 @@ up:
 down:
 	scripts/stop.sh
 
-# The whole suite against real Redis, Docker, nginx and a worker; a Docker skip is a failure.
+# The whole suite against real Redis, Docker, nginx and a worker; a Docker skip is a failure. Then the line
+# coverage of launcher/, workers/ and ui/, combined over the pytest process and every Python process the tests
+# started ([tool.coverage] in pyproject.toml; data in var/coverage/). The exit status is pytest's.
+COVERAGE_DATA := $(CURDIR)/var/coverage/data
 test:
-	LAUNCHER_REQUIRE_DOCKER=1 $(PY) -m pytest
+	@rm -rf $(dir $(COVERAGE_DATA)) && mkdir -p $(dir $(COVERAGE_DATA))
+	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml COVERAGE_FILE=$(COVERAGE_DATA) \
+		LAUNCHER_REQUIRE_DOCKER=1 $(PY) -m pytest; rc=$$?; \
+	echo "coverage: $$(ls $(COVERAGE_DATA).* 2>/dev/null | wc -l) Python processes measured"; \
+	COVERAGE_FILE=$(COVERAGE_DATA) $(PY) -m coverage combine --quiet && \
+		COVERAGE_FILE=$(COVERAGE_DATA) $(PY) -m coverage report; \
+	exit $$rc
 
 # Unit and Redis tests only (no Docker).
 test-fast:
@@ -27,6 +36,7 @@ test-fast:
 lint:
 	$(PY) -m ruff check launcher workers ui tests celeryconfig.py bench notebooks/lib notebooks/build_templates.py
 	$(PY) notebooks/build_templates.py --check
+	$(PY) -m mypy
 
 bench:
 	$(PY) bench/launch_latency.py

@@ -123,7 +123,7 @@ class Authorizer:
             return
         req = Request(
             sid=sid,
-            method=headers.get("x-original-method", scope["method"]).upper(),
+            method=str(headers.get("x-original-method") or scope["method"]).upper(),
             origin=headers.get("origin"),
             fetch_site=headers.get("sec-fetch-site"),
             fetch_mode=headers.get("sec-fetch-mode"),

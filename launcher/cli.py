@@ -12,19 +12,14 @@ import argparse
 import getpass
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from launcher.dispatch import CeleryDispatcher
+from launcher.bootstrap import build_service
 from launcher.errors import LauncherError
 from launcher.models import TERMINAL_STATUSES, Actor, Session, SessionStatus
-from launcher.service import LauncherService
 from launcher.settings import Settings
-from launcher.store import SessionStore
-
-
-def build_service(settings: Settings) -> LauncherService:
-    return LauncherService(settings, SessionStore.from_settings(settings), CeleryDispatcher.from_settings(settings))
 
 
 def _row(s: Session) -> str:
@@ -107,11 +102,17 @@ def run(argv: Sequence[str] | None, settings: Settings) -> int:
             if not sessions:
                 print("no sessions")
     elif args.command == "stop-all":
-        task_id = service.stop_all(actor)
-        print(f"stop-all enqueued as task {task_id}")
+        batch = service.stop_all(actor)
+        progress = service.stop_all_progress(actor, batch)
+        print(f"stop-all {batch}: asked {progress.total} session(s) to stop")
+        deadline = time.monotonic() + args.timeout
+        while args.wait and not progress.finished and time.monotonic() < deadline:
+            time.sleep(0.2)
+            progress = service.stop_all_progress(actor, batch)
         if args.wait:
-            result = service.dispatcher.app.AsyncResult(task_id).get(timeout=args.timeout)  # type: ignore[attr-defined]
-            print(f"stopped {result['done']} of {result['total']}")
+            print(f"stopped {progress.done} of {progress.total}")
+            if not progress.finished:
+                return 7
     elif args.command == "audit":
         events = service.audit(actor, user=args.user, limit=args.limit)
         if args.json:

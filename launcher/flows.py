@@ -60,6 +60,6 @@ def fail(
         try:
             dispatcher.discard(session)
         except RuntimeUnavailable as exc:  # reconcile on that host removes what is left
-            warning = {"level": logging.WARNING, "session_id": session_id, "error": exc.log_message}
-            event(log, "session.discard_dispatch_failed", **warning)
+            failed = exc.log_message
+            event(log, "session.discard_dispatch_failed", level=logging.WARNING, session_id=session_id, error=failed)
     return session

@@ -195,7 +195,7 @@ class Settings(BaseSettings):
         ``var/launcher.env`` and ``var/secrets.env`` (as ``scripts/start.sh`` sets them; the environment wins)."""
         files = [root / "var" / "secrets.env", root / "var" / "launcher.env"]  # the later file wins
         readable = [f for f in files if f.is_file() and os.access(f, os.R_OK)]
-        return cls(_env_file=readable or None)  # type: ignore[call-arg]
+        return cls(_env_file=readable or None)
 
     def require_secrets(self, *names: str) -> None:
         """Raise ``MissingSecret`` naming each of these secret fields that is empty (for a process's start)."""

@@ -170,7 +170,8 @@ class SessionStore:
     """All reads and writes of session state go through here."""
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
-        self._r = client
+        # decode_responses=True: every reply is a str; redis-py types replies as bytes | str | None.
+        self._r: Any = client
         self._settings = settings
         self.prefix = f"{settings.instance}:"
         self._reserve = client.register_script(_RESERVE)
@@ -190,7 +191,8 @@ class SessionStore:
 
     @property
     def redis(self) -> redis.Redis:
-        return self._r
+        client: redis.Redis = self._r
+        return client
 
     # -- keys -------------------------------------------------------------------------------
     def _k(self, *parts: str) -> str:
@@ -214,7 +216,7 @@ class SessionStore:
             self._k("user", session.user, "last"),
             *[self._k("host", h, "live") for h in hosts],
         ]
-        args = [
+        args: list[Any] = [
             session.to_storage(),
             session.id,
             self._settings.max_sessions,
@@ -249,7 +251,7 @@ class SessionStore:
         """
         allowed, target = rule(command)
         batch = getattr(command, "batch", None)
-        args = [
+        args: list[Any] = [
             ",".join(sorted(s.value for s in allowed)),
             target.value if target is not None else "",
             json.dumps({k: _jsonable(v) for k, v in command.patch().items()}),
@@ -293,7 +295,7 @@ class SessionStore:
             self._k("recent"),
             self._k("user", session.user, "last"),
         ]
-        args = [
+        args: list[Any] = [
             session.to_storage(),
             session.id,
             self._settings.audit_maxlen,
@@ -349,11 +351,11 @@ class SessionStore:
         return self.get(sid) if sid else None
 
     def _many(self, ids: Iterable[str]) -> list[Session]:
-        ids = list(ids)
-        if not ids:
+        keys = [self._k("session", sid) for sid in ids]
+        if not keys:
             return []
         with _redis_errors():
-            raws = self._r.mget([self._k("session", sid) for sid in ids])
+            raws = self._r.mget(keys)
         return [Session.from_storage(raw) for raw in raws if raw]
 
     def list_live(self, host: str | None = None) -> list[Session]:

@@ -31,7 +31,7 @@ app = create_app(Settings())
 
 
 @worker_ready.connect
-def _resume_unfinished(sender=None, **_: object) -> None:
+def _resume_unfinished(sender: object = None, **_: object) -> None:
     """A worker that died mid-start or mid-stop left sessions behind: finish them (idempotently)."""
     from workers import sweeps
     from workers.tasks import context

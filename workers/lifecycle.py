@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from launcher.errors import Conflict, LauncherError, NotFound, RuntimeUnavailable
 from launcher.flows import fail
@@ -95,7 +95,7 @@ def start(ctx: WorkerContext, session_id: str) -> Session | None:
         return session
     t0 = time.monotonic()
     timings: dict[str, float] = {}
-    fields = {"session_id": session_id, "user": session.user, "host": ctx.settings.host_name}
+    fields: dict[str, Any] = {"session_id": session_id, "user": session.user, "host": ctx.settings.host_name}
     try:
         session = ctx.store.apply(session_id, MarkStarting(by=ctx.by, reason=Reason.START))
         until = _until(session, ctx.settings.starting_deadline_s)
@@ -142,13 +142,13 @@ def start(ctx: WorkerContext, session_id: str) -> Session | None:
         "session.ready",
         **fields,
         adopted=handle.adopted,
-        **{f"{k}_s": round(v, 3) for k, v in timings.items()},
+        **{f"{k}_s": round(v, 3) for k, v in timings.items()},  # type: ignore[arg-type]
     )
     return session
 
 
 def _fail_start(
-    ctx: WorkerContext, session_id: str, user_message: str, log_message: str, fields: dict[str, str]
+    ctx: WorkerContext, session_id: str, user_message: str, log_message: str, fields: dict[str, Any]
 ) -> Session | None:
     """The end state first (error, with a reason the user can read), then the clean-up."""
     event(log, "session.start_failed", level=logging.WARNING, **fields, error=log_message)

@@ -135,10 +135,10 @@ def measure(settings: Settings, workspace: Path) -> WorkspaceUsage:
                         stack.clear()
                         break
                     try:
-                        st = entry.stat(follow_symlinks=False)
+                        info = entry.stat(follow_symlinks=False)
                     except OSError:
                         continue
-                    used += st.st_blocks * 512
+                    used += info.st_blocks * 512
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(Path(entry.path))
         except OSError:

@@ -123,7 +123,7 @@ class DockerRuntime:
             container.reload()
             if _state_of(container.attrs) != ContainerState.RUNNING:
                 container.start()
-        return Handle(id=container.id, name=name, adopted=adopted)
+        return Handle(id=str(container.id), name=name, adopted=adopted)
 
     def state(self, name: str) -> ContainerState:
         with _docker_errors():
@@ -153,7 +153,8 @@ class DockerRuntime:
                 all=True, filters={"label": f"{LABEL_PREFIX}.instance={instance}"}
             )
         return [
-            ManagedContainer(id=c.id, name=c.name, state=_state_of(c.attrs), labels=dict(c.labels)) for c in containers
+            ManagedContainer(id=str(c.id), name=str(c.name), state=_state_of(c.attrs), labels=dict(c.labels))
+            for c in containers
         ]
 
     def stats_memory(self, name: str) -> int | None:
@@ -163,7 +164,7 @@ class DockerRuntime:
                 stats = self._client.containers.get(name).stats(stream=False)
             except docker.errors.NotFound:
                 return None
-        usage = stats.get("memory_stats", {})
+        usage = dict(stats).get("memory_stats", {})  # type: ignore[arg-type]
         return int(usage.get("usage", 0)) - int(usage.get("stats", {}).get("cache", 0))
 
 

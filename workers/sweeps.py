@@ -10,6 +10,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime
+from pathlib import Path
 
 from launcher.dispatch import Dispatcher
 from launcher.errors import Conflict, LauncherError, NotFound
@@ -33,7 +34,7 @@ REAPER = By(ActorKind.REAPER)
 SWEEPER = By(ActorKind.SWEEPER)
 
 
-def _socket_path(ctx: WorkerContext, session_id: str):  # noqa: ANN202 - a Path
+def _socket_path(ctx: WorkerContext, session_id: str) -> Path:
     """The locked socket of a running session (raises OSError for anything else at that path)."""
     return hostfs.checked_socket(ctx.settings, session_id)
 
