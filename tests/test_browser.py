@@ -61,10 +61,13 @@ def test_researcher_journey_in_a_real_browser(clean_stack, browser, tmp_path):
         assert href == session.open_url()
 
         lab = context.new_page()
-        lab.goto(href)
+        lab.goto(href)  # the open flow: session origin -> console authorizes -> one-time code -> the notebook
+        lab.wait_for_url(f"{session.url}/lab/tree/alpha_research.ipynb", timeout=60_000)
+        assert "token" not in lab.url and "code=" not in lab.url  # the address bar ends clean
         lab.wait_for_selector("#jp-main-dock-panel", timeout=60_000)
-        lab.goto(href.split("?")[0] + "/tree/alpha_research.ipynb")
         lab.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        page_config = lab.evaluate("document.getElementById('jupyter-config-data').textContent")
+        assert st.store.get(session.id).token.get_secret_value() not in page_config
         lab.wait_for_selector(".jp-StatusBar-Widget:has-text('Python 3 (ipykernel) | Idle')", timeout=60_000)
         lab.click(".jp-Notebook .jp-Cell >> nth=0")
         lab.keyboard.press("Escape")
@@ -119,7 +122,7 @@ def test_oidc_login_maps_roles_from_a_real_provider(stack, browser, tmp_path):
             try:
                 page.goto(url)
                 settle(page)
-                page.get_by_role("button", name="Log in").click()
+                page.get_by_role("link", name="Log in").click()  # /login sends the browser to the provider
                 page.wait_for_url(re.compile(rf"^http://127\.0\.0\.1:{port}/"), timeout=30_000)
                 page.get_by_role("button", name=user).click()
                 page.wait_for_url(re.compile(rf"^{re.escape(url)}"), timeout=30_000)
@@ -130,6 +133,13 @@ def test_oidc_login_maps_roles_from_a_real_provider(stack, browser, tmp_path):
                 page.wait_for_selector(".st-key-launch-alpha_research button", timeout=30_000)
                 assert ("Admin" in page.inner_text("[data-testid=stSidebar]")) is admin_visible
                 page.screenshot(path=ARTIFACTS / f"06-oidc-{user}.png", full_page=True)
+                # The login is the launcher's own (server-side, in Redis), not Streamlit's identity cookie.
+                cookies = {c["name"]: c for c in context.cookies()}
+                assert cookies["nbl_login"]["httpOnly"] and not any(n.startswith("_streamlit_user") for n in cookies)
+                assert [(e.action, e.reason) for e in stack.store.audit(user=user)][:1] == [("login", "oidc")]
+                page.get_by_role("button", name="Log out").click()
+                page.get_by_role("link", name="Log in").wait_for(timeout=30_000)
+                assert stack.store.audit(user=user)[0].action == "logout"
             finally:
                 page.screenshot(path=ARTIFACTS / f"last-oidc-{user}.png")
                 context.close()

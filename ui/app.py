@@ -12,15 +12,16 @@ import streamlit as st  # noqa: E402
 from launcher.models import Permission  # noqa: E402
 from launcher.rbac import authorize  # noqa: E402
 from ui import views  # noqa: E402
-from ui.context import current_actor, get_service  # noqa: E402
+from ui.context import current_login, get_service  # noqa: E402
 
 st.set_page_config(page_title="Research notebooks", page_icon=":material/menu_book:", layout="wide")
 service = get_service()
 settings = service.settings
-actor = current_actor(settings)
+resolved = current_login(service)  # checked against Redis and the role source on every run
+actor = resolved.actor
 
-if actor is None:
-    views.login(settings)
+if actor is None or resolved.login is None:
+    views.login(settings, note="Your access has changed: please log in again." if resolved.revoked else "")
     st.stop()
 
 if not settings.feature_notebook_launcher:
@@ -40,5 +41,5 @@ if not available:
 
 with st.sidebar:
     st.caption(f"Signed in as **{actor.name}** ({actor.role.value})")
-    views.logout_button(settings)
+    views.logout_button(settings, resolved.login.id)
 st.navigation(available).run()

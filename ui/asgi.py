@@ -1,80 +1,481 @@
 """The console's process entry point: ``streamlit run ui/asgi.py``.
 
-Streamlit serves the pages (``ui/app.py``); beside them, on the same port, three small routes do the
-password login: ``GET /login`` (the form), ``POST /login`` (checks the argon2 hash, sets the signed
-HttpOnly cookie) and ``GET /logout``. In OIDC mode Streamlit's own ``/oauth2callback`` is used instead.
+Streamlit serves the pages (``ui/app.py``); beside them, on the same port, a few small routes:
+
+    GET  /login              the password form; in OIDC mode, a redirect to the provider
+    POST /login              checks the argon2 hash (throttled per user and address, body at most 4 KiB),
+                             creates a console login in Redis and sets the signed nbl_login cookie
+    GET  /oauth2callback     OIDC: exchanges the code (PKCE, state bound to this browser), checks the
+                             ID token, maps the claims strictly, creates the console login
+    GET  /logout             a page with a POST form (a GET never logs out)
+    POST /logout             with the login's CSRF token: deletes the login in Redis
+    GET  /_nbl/authorize     opening a notebook: mints a one-time code for the session origin
+
+Every login, failure, throttle refusal and logout goes to the audit stream and to this process's log.
+Every response carries security headers (``SecurityHeaders``), Streamlit's own pages included.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from urllib.parse import parse_qs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import hmac  # noqa: E402
+import html  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
+from typing import Any  # noqa: E402
+from urllib.parse import parse_qs, urlencode, urlsplit  # noqa: E402
 
+import redis  # noqa: E402
 import streamlit as st  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
 from starlette.concurrency import run_in_threadpool  # noqa: E402
+from starlette.datastructures import MutableHeaders  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 from starlette.responses import HTMLResponse, RedirectResponse, Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
+from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
 
+from launcher.errors import InvalidRequest, LauncherError, NotFound, PermissionDenied  # noqa: E402
+from launcher.logins import LoginStore, LoginThrottle  # noqa: E402
 from launcher.logs import event  # noqa: E402
 from launcher.settings import Settings  # noqa: E402
-from ui.auth import COOKIE, UserStore, oidc_secrets, sign  # noqa: E402
+from launcher.store import SessionStore  # noqa: E402
+from launcher.webauth import EntryAuth, digest  # noqa: E402
+from ui.auth import (  # noqa: E402
+    COOKIE,
+    ClaimsRefused,
+    UserStore,
+    actor_from_claims,
+    csrf_ok,
+    csrf_token,
+    login_name,
+    resolve,
+    shown_name,
+    sign,
+    unsign,
+)
 
 log = logging.getLogger("launcher.console")
-settings = Settings()
+MAX_FORM_BYTES = 4096
+OIDC_COOKIE = "nbl_oidc"
+OIDC_STATE_TTL_S = 600
+# Our own small pages: nothing but inline style. Streamlit's pages keep their scripts, but may not be framed.
+OWN_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'"
+STREAMLIT_CSP = "frame-ancestors 'self'; base-uri 'self'; object-src 'none'"
+_OWN_PATHS = ("/login", "/logout", "/oauth2callback", "/_nbl/")
+# Cookie keys that were once development defaults: public, so never accepted.
+PUBLIC_COOKIE_SECRETS = frozenset({"dev-cookie-secret-change-me"})
 
-_FORM = """<!doctype html><html><head><meta charset="utf-8"><title>Log in · Research notebooks</title>
-<style>body{{font-family:sans-serif;max-width:22rem;margin:6rem auto;color:#222}}
-label{{display:block;margin:.8rem 0 .2rem}}input{{width:100%;padding:.5rem;font-size:1rem}}
+
+# -- logging: the console's events must reach its log as started by scripts/start.sh ----------------
+
+
+def configure_logging() -> None:
+    """Send ``launcher.*`` events (INFO and up) to stderr, which scripts/start.sh appends to var/log/console.log.
+
+    Streamlit configures only its own loggers; without this, INFO events of ours went nowhere.
+    """
+    logger = logging.getLogger("launcher")
+    if any(getattr(h, "_nbl_console", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler._nbl_console = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def load_settings() -> Settings:
+    """The console's settings; refuses to start (a clear message, a non-zero exit) without a usable cookie key."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(str(e.get("msg", "")) for e in exc.errors())
+        raise SystemExit(f"console: invalid LAUNCHER_* settings: {problems}") from None
+    if not len(settings.cookie_secret):
+        raise SystemExit(
+            "console: LAUNCHER_COOKIE_SECRET is not set: refusing to start without a cookie key "
+            "(scripts/start.sh generates one on first start and keeps it under var/)"
+        )
+    if settings.cookie_secret.get_secret_value() in PUBLIC_COOKIE_SECRETS:
+        raise SystemExit("console: LAUNCHER_COOKIE_SECRET is a public development value: use a generated secret")
+    return settings
+
+
+# -- security headers ------------------------------------------------------------------------------
+
+
+class SecurityHeaders:
+    """Adds CSP (with frame-ancestors), nosniff and no-referrer to every HTTP response of the console."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        own = path.startswith(_OWN_PATHS)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Referrer-Policy"] = "no-referrer"
+                if own or "content-security-policy" not in headers:
+                    headers["Content-Security-Policy"] = OWN_CSP if own else STREAMLIT_CSP
+                if own:
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+# -- small pages -----------------------------------------------------------------------------------
+
+_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title} · Research notebooks</title>
+<style>body{{font-family:sans-serif;max-width:24rem;margin:6rem auto;color:#222}}
+label{{display:block;margin:.8rem 0 .2rem}}input{{width:100%;padding:.5rem;font-size:1rem;box-sizing:border-box}}
 button{{margin-top:1.2rem;padding:.6rem 1.2rem;font-size:1rem}}.err{{color:#b00020}}</style></head>
-<body><h1>Research notebooks</h1>{error}<form method="post" action="/login">
+<body><h1>Research notebooks</h1>{body}</body></html>"""
+
+_LOGIN_FORM = """{error}<form method="post" action="/login">
+<input type="hidden" name="next" value="{next}">
 <label for="username">User</label><input id="username" name="username" autocomplete="username" autofocus>
 <label for="password">Password</label>
 <input id="password" name="password" type="password" autocomplete="current-password">
-<button type="submit">Log in</button></form></body></html>"""
+<button type="submit">Log in</button></form>"""
+
+_LOGOUT_FORM = """<p>Log out of the console? Open notebooks lose their access too.</p>
+<form method="post" action="/logout"><input type="hidden" name="csrf" value="{token}">
+<button type="submit">Log out</button></form><p><a href="/">Back to the console</a></p>"""
 
 
-async def login_form(request: Request) -> Response:
-    error = '<p class="err">Wrong user or password.</p>' if request.query_params.get("failed") else ""
-    return HTMLResponse(_FORM.format(error=error))
+def page(title: str, body: str, status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
+    return HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status_code=status, headers=headers)
 
 
-async def login_submit(request: Request) -> Response:
-    fields = parse_qs((await request.body()).decode(errors="replace"))
-    user = (fields.get("username") or [""])[0]
-    password = (fields.get("password") or [""])[0]
-    actor = await run_in_threadpool(UserStore(settings.users_file).verify, user, password)
-    if actor is None:
-        event(log, "console.login_failed", user=user[:64])
-        return RedirectResponse("/login?failed=1", status_code=303)
-    event(log, "console.login", user=actor.name, role=actor.role.value)
-    response = RedirectResponse("/", status_code=303)
-    response.set_cookie(
-        COOKIE,
-        sign(settings, actor.name),
-        max_age=settings.login_ttl_s,
-        httponly=True,
-        samesite="lax",
-        secure=settings.console_url.startswith("https://"),
-        path="/",
-    )
-    return response
+def message_page(title: str, text: str, status: int) -> HTMLResponse:
+    body = f'<p class="err">{html.escape(text)}</p><p><a href="/">Back to the console</a></p>'
+    return page(title, body, status)
 
 
-async def logout(request: Request) -> Response:
-    response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(COOKIE, path="/")
-    return response
+def login_page(next_path: str, error: str = "", status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    error_html = f'<p class="err">{html.escape(error)}</p>' if error else ""
+    return page("Log in", _LOGIN_FORM.format(error=error_html, next=html.escape(next_path)), status, headers)
 
 
-routes = [
-    Route("/login", login_form, methods=["GET"]),
-    Route("/login", login_submit, methods=["POST"]),
-    Route("/logout", logout, methods=["GET"]),
-]
-app = st.App(Path(__file__).with_name("app.py"), routes=routes, secrets=oidc_secrets(settings))
+def safe_next(value: object) -> str:
+    """Where to go after logging in: a path on this console only ("/" for anything else)."""
+    if not isinstance(value, str) or not value.startswith("/") or len(value) > 2048:
+        return "/"
+    if value.startswith("//") or "\\" in value or any(ord(c) < 0x21 or ord(c) > 0x7E for c in value):
+        return "/"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return "/"
+    return value
+
+
+async def read_form(request: Request, limit: int = MAX_FORM_BYTES) -> dict[str, str] | None:
+    """A url-encoded form of at most ``limit`` bytes, read in chunks; None when it is larger."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    try:
+        fields = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True, max_num_fields=16)
+    except ValueError:  # more fields than any of our forms has: treated as an empty form
+        return {}
+    return {k: v[0] for k, v in fields.items()}
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+# -- the routes ------------------------------------------------------------------------------------
+
+
+class Console:
+    """The console's own routes, over one Redis client."""
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.store = SessionStore(client, settings) if client is not None else SessionStore.from_settings(settings)
+        self.redis = self.store.redis
+        self.logins = LoginStore(self.redis, settings)
+        self.throttle = LoginThrottle(self.redis, settings)
+        self.secure = settings.console_url.startswith("https://")
+        self._oidc: Any = None
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/login", self.login_get, methods=["GET"]),
+            Route("/login", self.login_post, methods=["POST"]),
+            Route("/oauth2callback", self.oidc_callback, methods=["GET"]),
+            Route("/logout", self.logout_get, methods=["GET"]),
+            Route("/logout", self.logout_post, methods=["POST"]),
+            Route("/_nbl/authorize", self.authorize, methods=["GET"]),
+        ]
+
+    # -- audit --------------------------------------------------------------------------------
+    def audit(self, action: str, user: object, reason: str, detail: str = "") -> None:
+        """One event to the audit stream (session id empty) and one line to the log (the name escaped).
+
+        ``user`` may be whatever someone typed: the audit stream keeps a valid user id as is, anything
+        else escaped like the log does.
+        """
+        event(log, f"console.{action}", user=shown_name(user), reason=reason, detail=detail)
+        named = user if isinstance(user, str) and login_name(user) == user else shown_name(user)
+        try:
+            self.store.record_event(action, user=named, actor="console", reason=reason, detail=detail)
+        except LauncherError as exc:
+            log.error("console.audit_failed action=%s error=%s", action, exc.log_message)
+
+    def _set_login_cookie(self, response: Response, login_id: str) -> None:
+        response.set_cookie(
+            COOKIE,
+            sign(self.settings, login_id),
+            max_age=self.settings.login_ttl_s,
+            httponly=True,
+            samesite="lax",
+            secure=self.secure,
+            path="/",
+        )
+
+    # -- password login -----------------------------------------------------------------------
+    async def login_get(self, request: Request) -> Response:
+        next_path = safe_next(request.query_params.get("next", "/"))
+        if self.settings.auth_mode == "oidc":
+            return await self.oidc_start(next_path)
+        error = "Wrong user or password." if request.query_params.get("failed") else ""
+        return login_page(next_path, error)
+
+    async def login_post(self, request: Request) -> Response:
+        if self.settings.auth_mode != "password":
+            return message_page("Log in", "This console signs in through the identity provider.", 404)
+        form = await read_form(request)
+        if form is None:
+            return message_page("Log in", "The login form is too large.", 413)
+        try:
+            return await run_in_threadpool(self._password_login, form, client_address(request))
+        except redis.RedisError as exc:
+            log.error("console.login_unavailable error=%s", type(exc).__name__)
+            return message_page("Log in", "Logging in is not possible right now; try again shortly.", 503)
+
+    def _password_login(self, form: dict[str, str], address: str) -> Response:
+        typed = form.get("username", "")
+        next_path = safe_next(form.get("next", "/"))
+        name = login_name(typed)
+        who = name or typed  # the user id, or the attempt as typed (escaped by ``audit``)
+        bucket = name or "\0not-a-user-id"
+        wait = self.throttle.begin(bucket, address)
+        if wait:
+            return self._throttled(who, address, wait, next_path)
+        try:
+            actor = UserStore(self.settings.users_file).verify(typed, form.get("password", ""))
+        except BaseException:
+            self.throttle.release(bucket)
+            raise
+        if actor is None:
+            locked = self.throttle.failed(bucket, address)
+            self.audit("login_failed", who, "password", f"from {address}")
+            if locked:
+                return self._throttled(who, address, locked, next_path)
+            return RedirectResponse("/login?" + urlencode({"failed": "1", "next": next_path}), status_code=303)
+        self.throttle.succeeded(bucket, address)
+        login_id = self.logins.create(actor.name, actor.role)
+        self.audit("login", actor.name, "password", f"from {address}; role {actor.role.value}")
+        response = RedirectResponse(next_path, status_code=303)
+        self._set_login_cookie(response, login_id)
+        return response
+
+    def _throttled(self, who: str, address: str, wait: int, next_path: str) -> Response:
+        self.audit("login_throttled", who, "password", f"from {address}; retry in {wait} s")
+        message = f"Too many attempts; try again in {wait} s."
+        return login_page(next_path, message, status=429, headers={"Retry-After": str(wait)})
+
+    # -- OIDC (Authlib and httpx are imported only in OIDC mode) -------------------------------
+    @staticmethod
+    def _oidc_errors() -> tuple[type[Exception], ...]:
+        import httpx
+        from authlib.common.errors import AuthlibBaseError
+        from joserfc.errors import JoseError
+
+        return (httpx.HTTPError, AuthlibBaseError, JoseError, ValueError, KeyError, RuntimeError)
+
+    def _oidc_app(self) -> Any:
+        if self._oidc is None:
+            from authlib.integrations.starlette_client import OAuth
+
+            s = self.settings
+            self._oidc = OAuth().register(
+                name="launcher",
+                client_id=s.oidc_client_id,
+                client_secret=s.oidc_client_secret.get_secret_value(),
+                server_metadata_url=s.oidc_metadata_url,
+                client_kwargs={"scope": "openid email profile", "code_challenge_method": "S256", "timeout": 10},
+            )
+        return self._oidc
+
+    @property
+    def redirect_uri(self) -> str:
+        return self.settings.console_url.rstrip("/") + "/oauth2callback"
+
+    async def oidc_start(self, next_path: str) -> Response:
+        try:
+            rv = await self._oidc_app().create_authorization_url(self.redirect_uri)
+        except self._oidc_errors() as exc:
+            log.warning("console.oidc_unreachable error=%s", type(exc).__name__)
+            return message_page("Log in", "The sign-in provider is not reachable; try again shortly.", 503)
+        record = json.dumps({"nonce": rv.get("nonce", ""), "verifier": rv.get("code_verifier", ""), "next": next_path})
+        key = f"{self.settings.instance}:oidcstate:{digest(rv['state'])}"
+        await run_in_threadpool(self.redis.set, key, record, ex=OIDC_STATE_TTL_S)
+        response = RedirectResponse(rv["url"], status_code=303)
+        response.set_cookie(
+            OIDC_COOKIE,
+            rv["state"],
+            max_age=OIDC_STATE_TTL_S,
+            httponly=True,
+            samesite="lax",
+            secure=self.secure,
+            path="/oauth2callback",
+        )
+        return response
+
+    async def oidc_callback(self, request: Request) -> Response:
+        if self.settings.auth_mode != "oidc":
+            return message_page("Log in", "This console does not sign in through an identity provider.", 404)
+        params = request.query_params
+        if params.get("error"):
+            return message_page("Log in", "The identity provider did not sign you in; try again.", 400)
+        state, code = params.get("state", ""), params.get("code", "")
+        bound = request.cookies.get(OIDC_COOKIE, "")
+        if not (state and code and bound and len(state) <= 128 and hmac.compare_digest(state, bound)):
+            return message_page("Log in", "This sign-in did not start in this browser; log in again.", 400)
+        key = f"{self.settings.instance}:oidcstate:{digest(state)}"
+        raw = await run_in_threadpool(self.redis.getdel, key)
+        if not raw:
+            return message_page("Log in", "This sign-in has expired or was already used; log in again.", 400)
+        record = json.loads(raw)
+        oidc = self._oidc_app()
+        try:
+            token = await oidc.fetch_access_token(
+                redirect_uri=self.redirect_uri, code=code, code_verifier=record["verifier"] or None
+            )
+            claims = await oidc.parse_id_token(token, nonce=record["nonce"]) if "id_token" in token else None
+        except self._oidc_errors() as exc:
+            log.warning("console.oidc_failed error=%s", type(exc).__name__)
+            return message_page("Log in", "The identity provider's answer could not be verified; log in again.", 502)
+        if not claims:
+            return message_page("Log in", "The identity provider sent no ID token; log in again.", 502)
+        return await run_in_threadpool(self._oidc_login, dict(claims), record["next"], client_address(request))
+
+    def _oidc_login(self, claims: dict[str, Any], next_path: str, address: str) -> Response:
+        try:
+            actor, idp_role = actor_from_claims(self.settings, claims)
+        except ClaimsRefused as exc:
+            typed = claims.get(self.settings.oidc_user_claim)
+            self.audit("login_failed", typed, "oidc", f"from {address}; {exc.args[0]}")
+            return message_page("Log in", f"Your identity cannot be used here: {exc.args[0]}.", 403)
+        login_id = self.logins.create(actor.name, actor.role, method="oidc", idp_role=idp_role)
+        self.audit("login", actor.name, "oidc", f"from {address}; role {actor.role.value}")
+        response = RedirectResponse(safe_next(next_path), status_code=303)
+        self._set_login_cookie(response, login_id)
+        response.delete_cookie(OIDC_COOKIE, path="/oauth2callback")
+        return response
+
+    # -- logout -------------------------------------------------------------------------------
+    async def logout_get(self, request: Request) -> Response:
+        """A GET never logs out: it shows a form that POSTs with the login's CSRF token."""
+        login_id = unsign(self.settings, request.cookies.get(COOKIE))
+        if login_id is None:
+            return RedirectResponse("/login", status_code=303)
+        return page("Log out", _LOGOUT_FORM.format(token=csrf_token(self.settings, login_id)))
+
+    async def logout_post(self, request: Request) -> Response:
+        form = await read_form(request)
+        if form is None:
+            return message_page("Log out", "The logout form is too large.", 413)
+        login_id = unsign(self.settings, request.cookies.get(COOKIE))
+        if login_id is not None and not csrf_ok(self.settings, login_id, form.get("csrf")):
+            return message_page("Log out", "This logout did not come from the console; use its Log out button.", 403)
+        if login_id is not None:
+            await run_in_threadpool(self._logout, login_id, client_address(request))
+        # OIDC: back to the console's page, not /login (which would go straight back to the provider).
+        response = RedirectResponse("/login" if self.settings.auth_mode == "password" else "/", status_code=303)
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax", secure=self.secure)
+        return response
+
+    def _logout(self, login_id: str, address: str) -> None:
+        login = self.logins.get(login_id)
+        if self.logins.revoke(login_id) and login is not None:
+            self.audit("logout", login.user, "user", f"from {address}")
+
+    # -- opening a notebook -------------------------------------------------------------------
+    async def authorize(self, request: Request) -> Response:
+        """Step 2 of the open flow (``launcher.webauth``): the owner, logged in here, gets a one-time code."""
+        try:
+            return await run_in_threadpool(self._authorize, request.cookies, request.url.path, request.url.query)
+        except redis.RedisError as exc:
+            log.error("console.authorize_unavailable error=%s", type(exc).__name__)
+            return message_page("Open notebook", "The launcher is not reachable right now; try again shortly.", 503)
+
+    def _authorize(self, cookies: dict[str, str], path: str, query: str) -> Response:
+        try:
+            params = {k: v[0] for k, v in parse_qs(query, max_num_fields=8).items()}
+        except ValueError:
+            params = {}
+        resolved = resolve(self.settings, self.logins, cookies)
+        if resolved.revoked and resolved.login is not None:
+            self.audit("logout", resolved.login.user, resolved.revoked)
+        if resolved.actor is None or resolved.login is None:
+            here = safe_next(f"{path}?{query}" if query else path)
+            return RedirectResponse("/login?" + urlencode({"next": here}), status_code=303)
+        state = params.get("state", "")
+        try:
+            url = EntryAuth(self.redis, self.settings).issue_code(
+                login_id=resolved.login.id, actor=resolved.actor, session_id=params.get("sid", ""), state=state
+            )
+        except LauncherError as exc:
+            status = {InvalidRequest: 400, PermissionDenied: 403, NotFound: 404}.get(type(exc), 503)
+            return message_page("Open notebook", exc.user_message, status)
+        event(log, "console.open_code", user=shown_name(resolved.actor.name), sid=params.get("sid", "")[:12])
+        return RedirectResponse(url, status_code=303, headers={"Referrer-Policy": "no-referrer"})
+
+
+def console_routes(settings: Settings, client: redis.Redis | None = None) -> list[Route]:
+    return Console(settings, client).routes()
+
+
+def console_middleware() -> list[Middleware]:
+    return [Middleware(SecurityHeaders)]
+
+
+def no_source_watching() -> None:
+    """A deployed console does not watch its source tree (unless the operator asked for a watcher).
+
+    Streamlit's default watcher follows every folder the app imports from, recursively; on a busy host
+    (image builds, notebook workspaces, test runs) its inotify queue overflows and pages load slowly.
+    """
+    from streamlit import config
+
+    if not config.is_manually_set("server.fileWatcherType"):
+        config.set_option("server.fileWatcherType", "none", "ui/asgi.py")
+
+
+configure_logging()
+no_source_watching()
+settings = load_settings()
+app = st.App(Path(__file__).with_name("app.py"), routes=console_routes(settings), middleware=console_middleware())

@@ -1,16 +1,31 @@
-"""Per-process resources of the console and the current user (thin Streamlit glue)."""
+"""Per-process resources of the console and the current user (thin Streamlit glue).
+
+The current user is resolved again on every script run, every fragment rerun and every button
+callback (``current_login``): a logged-out, removed or demoted user's open tab loses what their
+login allowed on its next refresh.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Mapping
+
+import redis
 import streamlit as st
 
 from launcher.dispatch import CeleryDispatcher
+from launcher.errors import LauncherError
+from launcher.logins import LoginStore
+from launcher.logs import event
 from launcher.models import Actor, Permission
 from launcher.rbac import authorize
 from launcher.service import LauncherService
 from launcher.settings import Settings
 from launcher.store import SessionStore
-from ui.auth import actor_from_claims, actor_from_cookie
+from ui.auth import Resolved, resolve, shown_name
+
+log = logging.getLogger("launcher.console")
 
 
 @st.cache_resource
@@ -20,17 +35,42 @@ def get_service() -> LauncherService:
     return LauncherService(settings, SessionStore.from_settings(settings), CeleryDispatcher.from_settings(settings))
 
 
+def request_cookies() -> Mapping[str, str]:
+    """The cookies of the browser this run serves (tests of the page scripts replace this one function)."""
+    return st.context.cookies
+
+
+def current_login(service: LauncherService) -> Resolved:
+    """The console login and actor of this browser, checked against Redis and the role source now."""
+    settings = service.settings
+    try:
+        resolved = resolve(settings, LoginStore(service.store.redis, settings), request_cookies())
+    except redis.RedisError as exc:  # Redis down: nobody is logged in, rather than a traceback on the page
+        log.warning("console.login_check_failed error=%s", type(exc).__name__)
+        return Resolved()
+    if resolved.revoked and resolved.login is not None:
+        user = resolved.login.user
+        event(log, "console.logout", user=shown_name(user), reason=resolved.revoked)
+        with contextlib.suppress(LauncherError):
+            service.store.record_event("logout", user=user, actor="console", reason=resolved.revoked)
+    return resolved
+
+
+def current_actor(service: LauncherService) -> Actor | None:
+    return current_login(service).actor
+
+
 def page_context(permission: Permission | None) -> tuple[LauncherService, Actor]:
     """For a page file: the service and the signed-in actor, who must hold ``permission``."""
     service = get_service()
-    actor = current_actor(service.settings)
+    actor = current_actor(service)
     if actor is None or (permission is not None and not authorize(actor, permission)):
         st.error("You do not have access to this page.")
         st.stop()
     return service, actor
 
 
-def current_actor(settings: Settings) -> Actor | None:
-    if settings.auth_mode == "oidc":
-        return actor_from_claims(settings, st.user.to_dict())
-    return actor_from_cookie(settings, st.context.cookies)
+def allowed_actor(service: LauncherService, permission: Permission) -> Actor | None:
+    """For a fragment rerun or a button callback: the actor now, if they still hold ``permission``."""
+    actor = current_actor(service)
+    return actor if actor is not None and authorize(actor, permission) else None

@@ -2,6 +2,10 @@
 
 python -m ui.users add --user alice --role researcher      (asks for the password)
 echo "$PW" | python -m ui.users add --user bob --role admin --password-stdin
+
+Changing an existing user's role or password, or removing a user, ends every console login of that
+user in Redis at once (and with them their notebooks' browser access); if Redis is not reachable, the
+console still ends them at the user's next request (it reads the users file every time).
 """
 
 from __future__ import annotations
@@ -10,10 +14,30 @@ import argparse
 import getpass
 import sys
 
+import redis
+
 from launcher.errors import LauncherError
+from launcher.logins import LoginStore
 from launcher.models import Role
 from launcher.settings import Settings
-from ui.auth import UserStore
+from launcher.store import SessionStore
+from ui.auth import UserStore, shown_name
+
+
+def revoke_logins(settings: Settings, user: str, why: str) -> None:
+    """End every console login of ``user``; a warning, not a failure, when Redis cannot be reached."""
+    try:
+        store = SessionStore.from_settings(settings)
+        ended = LoginStore(store.redis, settings).revoke_user(user)
+        if ended:
+            store.record_event("logout", user=user, actor="ui.users", reason=why, detail=f"{ended} login(s) ended")
+            print(f"{user}: {ended} console login(s) ended")
+    except (redis.RedisError, LauncherError, RuntimeError) as exc:  # RuntimeError: a Redis secret is missing
+        print(
+            f"warning: could not end {shown_name(user)}'s console logins in Redis ({type(exc).__name__}); "
+            "the console ends them at their next request",
+            file=sys.stderr,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,16 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     rm.add_argument("--user", required=True)
     sub.add_parser("list", help="list users and roles")
     args = p.parse_args(argv)
-    store = UserStore(Settings().users_file)
+    settings = Settings()
+    store = UserStore(settings.users_file)
     try:
         if args.command == "add":
             password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("password: ")
+            existed = store.role_of(args.user) is not None
             store.set_user(args.user, Role(args.role), password)
             print(f"{args.user}: {args.role}")
+            if existed:  # a new role or password: logins made under the old ones end
+                revoke_logins(settings, args.user, "user_changed")
         elif args.command == "remove":
             if not store.remove(args.user):
-                print(f"error: no user {args.user!r}", file=sys.stderr)
+                print(f"error: no user {shown_name(args.user)}", file=sys.stderr)
                 return 6
+            revoke_logins(settings, args.user, "user_removed")
         else:
             for name, role in store.roles().items():
                 print(f"{name}\t{role.value}")

@@ -11,10 +11,12 @@ from datetime import timedelta
 import streamlit as st
 
 from launcher.errors import LauncherError
-from launcher.models import LIVE_STATUSES, Actor, Session, SessionStatus, utcnow
+from launcher.models import LIVE_STATUSES, Actor, Permission, Session, SessionStatus, utcnow
 from launcher.policy import ReapPolicy, time_left
 from launcher.service import LauncherService
 from launcher.settings import Settings
+from ui.auth import csrf_token
+from ui.context import allowed_actor
 from ui.format import ago, audit_rows, session_rows, template_info
 
 REFRESH = timedelta(seconds=2)
@@ -39,6 +41,23 @@ def _run(action, *args, **kwargs):
         return None
 
 
+def _act(service: LauncherService, permission: Permission, method: str, *args, **kwargs):
+    """A button's action, run as the user this browser is logged in as now, not when the button was drawn."""
+    actor = allowed_actor(service, permission)
+    if actor is None:
+        st.session_state["flash"] = "You are signed out, or your role no longer allows this."
+        return None
+    return _run(getattr(service, method), actor, *args, **kwargs)
+
+
+def _current_or_rerun(service: LauncherService, permission: Permission) -> Actor:
+    """For a fragment rerun: the user now; a logged-out or demoted user's page is redrawn from the top."""
+    actor = allowed_actor(service, permission)
+    if actor is None:
+        st.rerun(scope="app")
+    return actor
+
+
 def _flash() -> None:
     message = st.session_state.pop("flash", None)
     if message:
@@ -54,24 +73,27 @@ _SAME_TAB_LINK = (
 )
 
 
-def login(settings: Settings) -> None:
+_LOGOUT_FORM = (
+    '<form method="post" action="/logout" class="nbl-logout" style="margin:0">'
+    '<input type="hidden" name="csrf" value="{token}">'
+    '<button type="submit" style="padding:.45rem 1rem;border-radius:.5rem;border:1px solid #ccc;'
+    'background:transparent;color:inherit;font:inherit;cursor:pointer">Log out</button></form>'
+)
+
+
+def login(settings: Settings, note: str = "") -> None:
     st.title("Research notebooks")
+    if note:
+        st.warning(note)
     st.write("Sign in to launch and manage your research notebooks.")
-    if settings.auth_mode == "oidc":
-        st.button("Log in", type="primary", on_click=st.login)
-    else:  # a plain link: the login form opens in this tab, not a new one
-        st.html(
-            _SAME_TAB_LINK.format(
-                href="/login", label="Log in", extra="background:#ff4b4b;color:white;border-color:#ff4b4b"
-            )
-        )
+    # A plain link in both modes: /login shows the form, or (OIDC) sends the browser to the provider.
+    primary = "background:#ff4b4b;color:white;border-color:#ff4b4b"
+    st.html(_SAME_TAB_LINK.format(href="/login", label="Log in", extra=primary))
 
 
-def logout_button(settings: Settings) -> None:
-    if settings.auth_mode == "oidc":
-        st.button("Log out", on_click=st.logout)
-    else:
-        st.html(_SAME_TAB_LINK.format(href="/logout", label="Log out", extra="color:inherit"))
+def logout_button(settings: Settings, login_id: str) -> None:
+    """A POST form with the login's CSRF token: logging out deletes the login in Redis."""
+    st.html(_LOGOUT_FORM.format(token=csrf_token(settings, login_id)))
 
 
 # -- researcher -------------------------------------------------------------------------------------
@@ -83,11 +105,12 @@ def notebooks(service: LauncherService, actor: Actor) -> None:
         "JupyterLab in an isolated container: research data read-only at /data, your workspace in "
         "~/work, the research library importable, no network."
     )
-    _notebooks_live(service, actor)
+    _notebooks_live(service)
 
 
 @st.fragment(run_every=REFRESH)
-def _notebooks_live(service: LauncherService, actor: Actor) -> None:
+def _notebooks_live(service: LauncherService) -> None:
+    actor = _current_or_rerun(service, Permission.LAUNCH_NOTEBOOKS)
     _flash()
     session = _run(service.session_for, actor)
     if session is not None and session.status in LIVE_STATUSES:
@@ -117,7 +140,13 @@ def _template_cards(service: LauncherService, actor: Actor) -> None:
             st.write(info.description)
             if info.data:
                 st.caption(f"Reads: {info.data}")
-            st.button("Launch", key=f"launch-{name}", type="primary", on_click=_run, args=(service.launch, actor, name))
+            st.button(
+                "Launch",
+                key=f"launch-{name}",
+                type="primary",
+                on_click=_act,
+                args=(service, Permission.LAUNCH_NOTEBOOKS, "launch", name),
+            )
 
 
 def _session_panel(service: LauncherService, actor: Actor, s: Session) -> None:
@@ -151,10 +180,15 @@ def _session_panel(service: LauncherService, actor: Actor, s: Session) -> None:
         c.metric("Stops when idle in", ago(left))
         if left is not None and left.total_seconds() <= service.settings.warn_before_reap_s:
             st.warning(f"This notebook will be stopped for inactivity in {ago(left)}. Keep it running?")
-            st.button("Keep running", key="keepalive", on_click=_run, args=(service.keep_alive, actor))
+            st.button(
+                "Keep running",
+                key="keepalive",
+                on_click=_act,
+                args=(service, Permission.LAUNCH_NOTEBOOKS, "keep_alive"),
+            )
     if s.status != SessionStatus.STOPPING:
         label = "Cancel" if s.status == SessionStatus.QUEUED else "Stop"
-        st.button(label, key="stop", on_click=_run, args=(service.stop, actor))
+        st.button(label, key="stop", on_click=_act, args=(service, Permission.LAUNCH_NOTEBOOKS, "stop"))
 
 
 # -- admin ------------------------------------------------------------------------------------------
@@ -162,7 +196,7 @@ def _session_panel(service: LauncherService, actor: Actor, s: Session) -> None:
 
 def admin(service: LauncherService, actor: Actor) -> None:
     st.title("Notebook sessions")
-    _admin_sessions(service, actor)
+    _admin_sessions(service)
     st.subheader("Audit trail")
     who = st.text_input("Filter by user", key="audit-user").strip().lower() or None
     events = _run(service.audit, actor, user=who, limit=200) or []
@@ -170,7 +204,8 @@ def admin(service: LauncherService, actor: Actor) -> None:
 
 
 @st.fragment(run_every=REFRESH)
-def _admin_sessions(service: LauncherService, actor: Actor) -> None:
+def _admin_sessions(service: LauncherService) -> None:
+    actor = _current_or_rerun(service, Permission.MANAGE_NOTEBOOKS)
     _flash()
     sessions = _run(service.list_sessions, actor) or []
     st.caption(f"{len(sessions)} live of at most {service.settings.max_sessions}")
@@ -187,8 +222,8 @@ def _admin_sessions(service: LauncherService, actor: Actor) -> None:
         st.button(
             "Stop this session",
             key="stop-one-button",
-            on_click=_run,
-            args=(service.stop, actor),
+            on_click=_act,
+            args=(service, Permission.MANAGE_NOTEBOOKS, "stop"),
             kwargs={"session_id": choice},
         )
     _stop_all(service, actor, len(sessions))
@@ -198,30 +233,29 @@ def _ask_stop_all() -> None:
     st.session_state["confirm-stop-all"] = True
 
 
-def _do_stop_all(service: LauncherService, actor: Actor) -> None:
+def _do_stop_all(service: LauncherService) -> None:
     st.session_state["confirm-stop-all"] = False
-    task_id = _run(service.stop_all, actor)
-    if task_id:
-        st.session_state["stop-all-task"] = task_id
+    batch = _act(service, Permission.MANAGE_NOTEBOOKS, "stop_all")
+    if batch:
+        st.session_state["stop-all-batch"] = batch
 
 
 def _stop_all(service: LauncherService, actor: Actor, live: int) -> None:
     if st.session_state.get("confirm-stop-all"):
         st.warning(f"Stop all {live} live sessions? Their users lose unsaved work.")
         yes, no = st.columns(2)
-        yes.button("Yes, stop all", key="stop-all-yes", type="primary", on_click=_do_stop_all, args=(service, actor))
+        yes.button("Yes, stop all", key="stop-all-yes", type="primary", on_click=_do_stop_all, args=(service,))
         no.button("Cancel", key="stop-all-no", on_click=lambda: st.session_state.update({"confirm-stop-all": False}))
     else:
         st.button("Stop all sessions…", key="stop-all", disabled=live == 0, on_click=_ask_stop_all)
-    task_id = st.session_state.get("stop-all-task")
-    if task_id:
-        progress = _run(service.stop_all_progress, actor, task_id) or {}
-        total, done = progress.get("total", 0), progress.get("done", 0)
-        state = progress.get("state", "PENDING")
-        if state == "SUCCESS":
-            st.success(f"Stop all finished: {done} of {total} stopped.")
+    batch = st.session_state.get("stop-all-batch")
+    progress = _run(service.stop_all_progress, actor, batch) if batch else None
+    if progress is not None:
+        if progress.finished:
+            st.success(f"Stop all finished: {progress.done} of {progress.total} stopped.")
         else:
-            st.progress(done / total if total else 0.0, text=f"Stopping all sessions: {done} of {total} ({state})")
+            fraction = progress.done / progress.total if progress.total else 0.0
+            st.progress(fraction, text=f"Stopping all sessions: {progress.done} of {progress.total}")
 
 
 # -- viewer -----------------------------------------------------------------------------------------
