@@ -20,13 +20,12 @@ and ``role``, has a TTL, and deleting it revokes the login.
 
 from __future__ import annotations
 
-from typing import Any, TypeGuard
-
 import hashlib
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, TypeGuard
 
 import redis
 
