@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from launcher.models import SessionStatus
-from tests.helpers import Kernel
+from launcher.spec import container_name
+from tests.helpers import Kernel, wait_for
 from tests.web import opened
 from workers import hostfs
 
@@ -172,3 +175,30 @@ def test_notebook_uid_that_is_a_login_account_is_refused(stack, tmp_path):
     with pytest.raises(StartFailed) as refused:
         check_notebook_identity(stack.settings.model_copy(update={"notebook_uid": 0}))
     assert "LAUNCHER_NOTEBOOK_UID" in refused.value.log_message
+
+
+def test_notebook_that_hangs_its_own_server_costs_only_its_probe(victim):
+    """A kernel that freezes its own Jupyter server (SIGSTOP on its parent, allowed to the same uid) cannot
+    stall the host: the heartbeat finishes within its bound, still records the other session, and holds
+    the hung one as not busy."""
+    st, sm, sv, k = victim
+    container = st.docker.containers.get(container_name(st.settings, sm.id))
+    titles = container.top()["Titles"]
+    [server] = [
+        dict(zip(titles, p, strict=False))
+        for p in container.top()["Processes"]
+        if p[titles.index("CMD")].startswith("python3 -m jupyterlab")
+    ]
+    try:
+        # A second later, so that this cell's own reply still gets out through the server.
+        code = "import os, signal, threading\nthreading.Timer(1.0, os.kill, (os.getppid(), signal.SIGSTOP)).start()"
+        assert k.execute(code).error is None
+        stat = f"/proc/{server['PID']}/stat"
+        wait_for(lambda: Path(stat).read_text().rsplit(")", 1)[1].split()[0] == "T", 10, "the server to be stopped")
+        beat = st.service.dispatcher.app.send_task("workers.tasks.heartbeat", queue=st.settings.host_queue)
+        counts = beat.get(timeout=120)  # bounded: the probe deadline, not the hung server, decides
+        assert counts["running"] == 2 and counts["updated"] == 1 and counts["unreachable"] == 1, counts
+        assert st.store.get(sm.id).kernels_busy == 0
+        assert st.store.get(sv.id).status == SessionStatus.RUNNING
+    finally:
+        os.kill(int(server["PID"]), signal.SIGCONT)
