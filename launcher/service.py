@@ -25,12 +25,14 @@ from launcher.models import (
     WorkspaceUsage,
     new_session_id,
     new_token,
+    utcnow,
 )
 from launcher.rbac import authorize, may_act_on
 from launcher.settings import Settings
 from launcher.store import SessionStore
 from launcher.transitions import ActorKind, By, KeepAlive, SetMaxAgeExempt
 from launcher.validation import available_templates, resolve_template, validate_user_id
+from launcher.views import SessionView, Template, session_view, template
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,32 @@ class LauncherService:
 
     def templates(self) -> list[str]:
         return available_templates(self.settings.templates_dir)
+
+    def template_views(self) -> list[Template]:
+        """The templates with their titles and descriptions, for the console's cards."""
+        return [template(self.settings.templates_dir, name) for name in self.templates()]
+
+    # -- views ------------------------------------------------------------------------------
+    def my_notebook(self, actor: Actor, user: str | None = None) -> SessionView | None:
+        """The user's live session, else their most recent one, as they see it (with their workspace)."""
+        owner = validate_user_id(actor.name if user is None else user)
+        if not may_act_on(actor, owner):
+            raise PermissionDenied(f"{actor.name} may not see {owner}'s session")
+        session = self.store.latest_session_for(owner)
+        if session is None:
+            return None
+        return session_view(
+            session,
+            self.settings,
+            utcnow(),
+            queue_position=self.store.queue_position(session),
+            usage=self.store.usage(owner),
+        )
+
+    def session_views(self, actor: Actor) -> list[SessionView]:
+        """Every live session, for admins (no secret in any of them)."""
+        now = utcnow()
+        return [session_view(s, self.settings, now) for s in self.list_sessions(actor)]
 
     # -- commands ---------------------------------------------------------------------------
     def launch(self, actor: Actor, template: str, user: str | None = None) -> Session:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache
-from pathlib import Path
 from typing import Any
 
-from launcher.models import AuditEvent, Session
+from launcher.models import AuditEvent
+from launcher.views import SessionView
 
 
 def ago(delta: timedelta | None) -> str:
@@ -27,25 +24,23 @@ def clock(when: datetime | None) -> str:
     return when.strftime("%Y-%m-%d %H:%M UTC") if when else "-"
 
 
-def session_rows(sessions: list[Session], now: datetime) -> list[dict[str, Any]]:
-    """The admin table: no token, no URL with a token."""
-    rows = []
-    for s in sessions:
-        last = s.last_activity_at or s.started_at
-        rows.append(
-            {
-                "session": s.id,
-                "user": s.user,
-                "template": s.template,
-                "host": s.host or "-",
-                "status": s.status.value,
-                "started": clock(s.started_at),
-                "last activity": clock(s.last_activity_at),
-                "idle for": ago(now - last) if last else "-",
-                "busy kernels": s.kernels_busy,
-            }
-        )
-    return rows
+def session_rows(sessions: list[SessionView]) -> list[dict[str, Any]]:
+    """The admin table (the views carry no secret)."""
+    return [
+        {
+            "session": s.id,
+            "user": s.user,
+            "template": s.template.title,
+            "host": s.host or "-",
+            "status": s.status.value,
+            "started": clock(s.started_at),
+            "last activity": clock(s.last_activity_at),
+            "stops in": ago(s.time_left),
+            "busy kernels": s.kernels_busy,
+            "max age": "exempt" if s.max_age_exempt else "",
+        }
+        for s in sessions
+    ]
 
 
 def audit_rows(events: list[AuditEvent]) -> list[dict[str, Any]]:
@@ -63,27 +58,3 @@ def audit_rows(events: list[AuditEvent]) -> list[dict[str, Any]]:
         }
         for e in events
     ]
-
-
-@dataclass(frozen=True)
-class TemplateInfo:
-    name: str
-    title: str
-    description: str
-    data: str
-
-
-@cache
-def _template_info(path: Path, mtime: float) -> TemplateInfo:
-    meta = json.loads(path.read_text()).get("metadata", {}).get("launcher", {})
-    return TemplateInfo(
-        name=path.stem,
-        title=meta.get("title", path.stem.replace("_", " ").title()),
-        description=meta.get("description", ""),
-        data=meta.get("data", ""),
-    )
-
-
-def template_info(templates_dir: Path, name: str) -> TemplateInfo:
-    path = templates_dir / f"{name}.ipynb"
-    return _template_info(path, path.stat().st_mtime)

@@ -11,25 +11,15 @@ from datetime import timedelta
 import streamlit as st
 
 from launcher.errors import LauncherError
-from launcher.models import LIVE_STATUSES, Actor, Permission, Session, SessionStatus, utcnow
-from launcher.policy import ReapPolicy, time_left
+from launcher.models import Actor, Permission, Reason, SessionStatus, utcnow
 from launcher.service import LauncherService
 from launcher.settings import Settings
+from launcher.views import REASON_TEXT, SessionView
 from ui.auth import csrf_token
 from ui.context import allowed_actor
-from ui.format import ago, audit_rows, session_rows, template_info
+from ui.format import ago, audit_rows, session_rows
 
 REFRESH = timedelta(seconds=2)
-REASONS = {
-    "user": "you stopped it",
-    "admin": "an administrator stopped it",
-    "idle": "it was idle for too long",
-    "max_age": "it reached the maximum session age",
-    "died": "its container stopped unexpectedly",
-    "oom": "it ran out of memory",
-    "lost": "its container disappeared",
-    "start_failed": "it failed to start",
-}
 
 
 def _run(action, *args, **kwargs):
@@ -112,29 +102,41 @@ def notebooks(service: LauncherService, actor: Actor) -> None:
 def _notebooks_live(service: LauncherService) -> None:
     actor = _current_or_rerun(service, Permission.LAUNCH_NOTEBOOKS)
     _flash()
-    session = _run(service.session_for, actor)
-    if session is not None and session.status in LIVE_STATUSES:
-        _session_panel(service, actor, session)
+    view = _run(service.my_notebook, actor)
+    if view is not None and view.live:
+        _session_panel(service, view)
+        _workspace(view)
         return
-    if session is not None:
-        _last_session_note(session)
-    _template_cards(service, actor)
+    if view is not None:
+        _last_session_note(view)
+        _workspace(view)
+    _template_cards(service)
 
 
-def _last_session_note(session: Session) -> None:
-    why = REASONS.get(session.stop_reason.value if session.stop_reason else "", "")
-    if session.status == SessionStatus.ERROR:
-        st.error(f"Your last notebook ({session.template}) ended with an error: {session.error or why}")
-    elif session.stop_reason and session.stop_reason.value not in ("user",):
-        st.info(f"Your last notebook ({session.template}) stopped because {why}.")
+def _last_session_note(view: SessionView) -> None:
+    if view.status == SessionStatus.ERROR:
+        st.error(f"Your last notebook ({view.template.title}) ended with an error: {view.error or view.ended_because}")
+    elif view.ended_because and view.ended_because != REASON_TEXT[Reason.USER]:
+        st.info(f"Your last notebook ({view.template.title}) stopped because {view.ended_because}.")
 
 
-def _template_cards(service: LauncherService, actor: Actor) -> None:
+def _workspace(view: SessionView) -> None:
+    usage = view.workspace
+    if usage is None or not usage.limit_bytes:
+        return
+    text = f"Workspace: {usage.used_bytes / 2**30:.2f} GB of {usage.limit_bytes / 2**30:.1f} GB"
+    st.progress(min(1.0, usage.fraction), text=text)
+    if usage.over and not usage.enforced:
+        st.error("Your workspace is over its quota: delete or move files before launching again.")
+    elif view.workspace_warning:
+        st.warning("Your workspace is almost full: when it is full, saving files in JupyterLab fails.")
+
+
+def _template_cards(service: LauncherService) -> None:
     st.subheader("Start a notebook")
-    names = service.templates()
-    columns = st.columns(max(1, len(names)))
-    for column, name in zip(columns, names, strict=False):
-        info = template_info(service.settings.templates_dir, name)
+    templates = service.template_views()
+    columns = st.columns(max(1, len(templates)))
+    for column, info in zip(columns, templates, strict=False):
         with column.container(border=True):
             st.markdown(f"**{info.title}**")
             st.write(info.description)
@@ -142,52 +144,46 @@ def _template_cards(service: LauncherService, actor: Actor) -> None:
                 st.caption(f"Reads: {info.data}")
             st.button(
                 "Launch",
-                key=f"launch-{name}",
+                key=f"launch-{info.name}",
                 type="primary",
                 on_click=_act,
-                args=(service, Permission.LAUNCH_NOTEBOOKS, "launch", name),
+                args=(service, Permission.LAUNCH_NOTEBOOKS, "launch", info.name),
             )
 
 
-def _session_panel(service: LauncherService, actor: Actor, s: Session) -> None:
-    info = template_info(service.settings.templates_dir, s.template)
-    st.subheader(info.title)
-    now = utcnow()
-    if s.status == SessionStatus.QUEUED:
-        waited = (now - s.created_at).total_seconds()
-        position = service.queue_position(actor, s)
-        if waited > service.settings.task_pickup_timeout_s:
+def _session_panel(service: LauncherService, view: SessionView) -> None:
+    st.subheader(view.template.title)
+    if view.status == SessionStatus.QUEUED:
+        if view.no_worker_yet:
             st.error(
-                f"No worker has picked up this launch for {waited:.0f} s: the worker for host "
-                f"'{s.host}' may be down. Ask an operator, or cancel and try again later."
+                f"No worker has picked up this launch for {view.waited.total_seconds():.0f} s: the worker for host "
+                f"'{view.host}' may be down. Ask an operator, or cancel and try again later."
             )
         else:
-            st.info(f"Queued (position {position or 1} on host {s.host}), waiting for a worker…")
-    elif s.status == SessionStatus.STARTING:
-        st.info(f"Starting: {s.phase or 'preparing'}…")
-    elif s.status == SessionStatus.STOPPING:
+            st.info(f"Queued (position {view.queue_position or 1} on host {view.host}), waiting for a worker…")
+    elif view.status == SessionStatus.STARTING:
+        st.info(f"Starting: {view.phase or 'preparing'}…")
+    elif view.status == SessionStatus.STOPPING:
         st.info("Stopping…")
-    elif s.status == SessionStatus.RUNNING:
+    elif view.status == SessionStatus.RUNNING:
         st.success("Running")
-        url = s.open_url()
-        if url:
-            st.link_button("Open JupyterLab", url, type="primary")
-        policy = ReapPolicy.from_settings(service.settings)
-        left = time_left(s, now, policy)
+        if view.open_url:
+            st.link_button("Open JupyterLab", view.open_url, type="primary")
+        now = utcnow()
         a, b, c = st.columns(3)
-        a.metric("Started", s.started_at.strftime("%H:%M UTC") if s.started_at else "-")
-        b.metric("Last activity", f"{ago(now - s.last_activity_at)} ago" if s.last_activity_at else "-")
-        c.metric("Stops when idle in", ago(left))
-        if left is not None and left.total_seconds() <= service.settings.warn_before_reap_s:
-            st.warning(f"This notebook will be stopped for inactivity in {ago(left)}. Keep it running?")
+        a.metric("Started", view.started_at.strftime("%H:%M UTC") if view.started_at else "-")
+        b.metric("Last activity", f"{ago(now - view.last_activity_at)} ago" if view.last_activity_at else "-")
+        c.metric("Stops when idle in", ago(view.time_left))
+        if view.reap_warning:
+            st.warning(f"This notebook will be stopped in {ago(view.time_left)}. Keep it running?")
             st.button(
                 "Keep running",
                 key="keepalive",
                 on_click=_act,
                 args=(service, Permission.LAUNCH_NOTEBOOKS, "keep_alive"),
             )
-    if s.status != SessionStatus.STOPPING:
-        label = "Cancel" if s.status == SessionStatus.QUEUED else "Stop"
+    if view.status != SessionStatus.STOPPING:
+        label = "Cancel" if view.status == SessionStatus.QUEUED else "Stop"
         st.button(label, key="stop", on_click=_act, args=(service, Permission.LAUNCH_NOTEBOOKS, "stop"))
 
 
@@ -207,16 +203,16 @@ def admin(service: LauncherService, actor: Actor) -> None:
 def _admin_sessions(service: LauncherService) -> None:
     actor = _current_or_rerun(service, Permission.MANAGE_NOTEBOOKS)
     _flash()
-    sessions = _run(service.list_sessions, actor) or []
+    sessions = _run(service.session_views, actor) or []
     st.caption(f"{len(sessions)} live of at most {service.settings.max_sessions}")
-    st.dataframe(session_rows(sessions, utcnow()), hide_index=True, use_container_width=True)
+    st.dataframe(session_rows(sessions), hide_index=True, use_container_width=True)
     if sessions:
         choice = st.selectbox(
             "Session",
             [s.id for s in sessions],
             key="stop-one",
             format_func=lambda sid: next(
-                f"{s.user} · {s.template} · {s.status.value}" for s in sessions if s.id == sid
+                f"{s.user} · {s.template.title} · {s.status.value}" for s in sessions if s.id == sid
             ),
         )
         st.button(

@@ -1,0 +1,131 @@
+"""Typed views the console and the CLI render: what a person sees of a session, a template, a stop-all.
+
+Built by pure functions from the records and a clock, so countdowns, warnings and the words for why a
+session ended are decided here once (and table-tested), not in the pages.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cache
+from pathlib import Path
+
+from launcher.models import Reason, Session, SessionStatus, WorkspaceUsage
+from launcher.policy import ReapPolicy, time_left
+from launcher.settings import Settings
+
+# Why a session ended, in words for its owner ("... stopped because <text>").
+REASON_TEXT: dict[Reason, str] = {
+    Reason.USER: "you stopped it",
+    Reason.ADMIN: "an administrator stopped it",
+    Reason.IDLE: "it was idle for too long",
+    Reason.MAX_AGE: "it reached the maximum session age",
+    Reason.DIED: "its container stopped unexpectedly",
+    Reason.OOM: "it ran out of memory",
+    Reason.LOST: "its container disappeared",
+    Reason.START_FAILED: "it failed to start",
+    Reason.DISPATCH_FAILED: "the task queue could not take the launch",
+    Reason.NO_WORKER: "no worker took the launch in time",
+    Reason.START_TIMEOUT: "it did not come up in time",
+    Reason.STOP_TIMEOUT: "it was stopped by force after its stop took too long",
+}
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    title: str
+    description: str
+    data: str
+
+
+@cache
+def _template(path: Path, mtime: float) -> Template:
+    meta = json.loads(path.read_text()).get("metadata", {}).get("launcher", {})
+    return Template(
+        name=path.stem,
+        title=meta.get("title", path.stem.replace("_", " ").title()),
+        description=meta.get("description", ""),
+        data=meta.get("data", ""),
+    )
+
+
+def template(templates_dir: Path, name: str) -> Template:
+    """A template's title and description from its notebook metadata (cached per file version)."""
+    path = templates_dir / f"{name}.ipynb"
+    try:
+        return _template(path, path.stat().st_mtime)
+    except (OSError, ValueError):
+        return Template(name=name, title=name.replace("_", " ").title(), description="", data="")
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """One session as its owner (or an admin) sees it. Never carries the Jupyter secret."""
+
+    id: str
+    user: str
+    template: Template
+    status: SessionStatus
+    host: str
+    phase: str
+    open_url: str | None
+    created_at: datetime
+    started_at: datetime | None
+    last_activity_at: datetime | None
+    kernels_busy: int
+    waited: timedelta  # in the current status
+    queue_position: int | None
+    no_worker_yet: bool  # queued for longer than a worker should take
+    time_left: timedelta | None  # until an idle or max-age stop, if nothing happens
+    reap_warning: bool  # time_left is within the warning window
+    max_age_exempt: bool
+    ended_because: str  # "" while live; why it ended, in words
+    error: str
+    workspace: WorkspaceUsage | None
+    workspace_warning: bool
+
+    @property
+    def live(self) -> bool:
+        return self.status.live
+
+
+def session_view(
+    session: Session,
+    settings: Settings,
+    now: datetime,
+    *,
+    queue_position: int | None = None,
+    usage: WorkspaceUsage | None = None,
+) -> SessionView:
+    left = time_left(session, now, ReapPolicy.from_settings(settings))
+    ended = ""
+    if not session.status.live:
+        ended = REASON_TEXT.get(session.stop_reason, "") if session.stop_reason else ""
+    waited = max(now - session.status_since, timedelta(0))
+    queued = session.status == SessionStatus.QUEUED
+    return SessionView(
+        id=session.id,
+        user=session.user,
+        template=template(settings.templates_dir, session.template),
+        status=session.status,
+        host=session.host or "",
+        phase=session.phase or "",
+        open_url=session.open_url(),
+        created_at=session.created_at,
+        started_at=session.started_at,
+        last_activity_at=session.last_activity_at,
+        kernels_busy=session.kernels_busy,
+        waited=waited,
+        queue_position=queue_position,
+        no_worker_yet=queued and waited.total_seconds() > settings.task_pickup_timeout_s,
+        time_left=left,
+        reap_warning=left is not None and left.total_seconds() <= settings.warn_before_reap_s,
+        max_age_exempt=session.max_age_exempt,
+        ended_because=ended,
+        error=session.error or "",
+        workspace=usage,
+        workspace_warning=usage is not None and usage.fraction >= settings.workspace_warn_fraction,
+    )
