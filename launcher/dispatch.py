@@ -9,6 +9,7 @@ from typing import Protocol
 import kombu.exceptions
 import redis
 from celery import Celery
+from celery.exceptions import CeleryError
 
 from launcher.errors import RuntimeUnavailable
 from launcher.models import Session
@@ -31,7 +32,7 @@ class Dispatcher(Protocol):
 def _broker_errors() -> Iterator[None]:
     try:
         yield
-    except (kombu.exceptions.OperationalError, redis.RedisError, OSError) as exc:
+    except (kombu.exceptions.OperationalError, redis.RedisError, OSError, CeleryError, RuntimeError) as exc:
         raise RuntimeUnavailable(
             "the task queue (Redis) is not reachable; try again shortly", f"broker error: {exc!r}"
         ) from None
@@ -55,7 +56,10 @@ class CeleryDispatcher:
     def _send(self, task: str, session: Session) -> None:
         assert session.host is not None, "a reserved session always has a host"
         with _broker_errors():
-            self.app.send_task(task, args=[session.id], queue=self.settings.queue_for_host(session.host))
+            # No result is ever read: without ignore_result Celery first subscribes to the result backend,
+            # and with Redis down that retries for about 20 s before failing with a bare RuntimeError.
+            queue = self.settings.queue_for_host(session.host)
+            self.app.send_task(task, args=[session.id], queue=queue, ignore_result=True)
 
     def start(self, session: Session) -> None:
         self._send(START_TASK, session)

@@ -7,8 +7,9 @@ import threading
 import pytest
 
 from launcher.errors import Conflict, LimitReached
-from launcher.models import Actor, SessionStatus
+from launcher.models import Actor, Session, SessionStatus
 from launcher.service import LauncherService
+from launcher.spec import LABEL_PREFIX
 from launcher.store import SessionStore
 from tests.helpers import wait_for
 from tests.stack import start_worker
@@ -16,22 +17,26 @@ from tests.stack import start_worker
 pytestmark = pytest.mark.docker
 
 
-def launch_all(service, actors, template="alpha_research"):
+def launch_all(service, actors, template="alpha_research") -> list[tuple[str, object]]:
+    """Every actor's launch started at the same moment, one thread each: (actor name, session or error) per
+    thread, so two threads of the same actor each leave their own outcome."""
     barrier = threading.Barrier(len(actors))
-    outcomes: dict[str, object] = {}
+    outcomes: list[tuple[str, object]] = []
 
     def go(actor):
         barrier.wait()
         try:
-            outcomes[actor.name] = service.launch(actor, template)
-        except (LimitReached, Conflict) as exc:
-            outcomes[actor.name] = exc
+            outcome = service.launch(actor, template)
+        except Exception as exc:  # kept, so that an unexpected error shows in the assertions
+            outcome = exc
+        outcomes.append((actor.name, outcome))
 
     threads = [threading.Thread(target=go, args=(a,)) for a in actors]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(120)
+    assert len(outcomes) == len(actors), outcomes
     return outcomes
 
 
@@ -40,19 +45,20 @@ def test_ten_users_at_once_with_cap_five(clean_stack):
     st = clean_stack
     assert st.settings.max_sessions == 5
     actors = [st.actor(f"cap-{i}") for i in range(10)]
-    outcomes = launch_all(st.service, actors)
-    started = [s for s in outcomes.values() if not isinstance(s, Exception)]
-    refused = [e for e in outcomes.values() if isinstance(e, LimitReached)]
-    assert len(started) == 5 and len(refused) == 5
+    outcomes = [outcome for _, outcome in launch_all(st.service, actors)]
+    started = [s for s in outcomes if isinstance(s, Session)]
+    refused = [e for e in outcomes if isinstance(e, LimitReached)]
+    assert len(started) == 5 and len(refused) == 5, outcomes
     assert all("limit of 5 concurrent sessions" in e.user_message for e in refused)
     for s in started:
         ran = st.service.wait(Actor.operator(), s.id, {SessionStatus.RUNNING}, 180)
         assert ran.status == SessionStatus.RUNNING, ran.error
     assert len([c for c in st.containers() if c.status == "running"]) == 5
 
-    task_id = st.service.stop_all(Actor.operator("cap-admin"))
-    result = st.service.dispatcher.app.AsyncResult(task_id).get(timeout=120)
-    assert result == {"done": 5, "total": 5}
+    admin = Actor.operator("cap-admin")
+    batch = st.service.stop_all(admin)
+    progress = wait_for(lambda: (p := st.service.stop_all_progress(admin, batch)).finished and p, 120, "stop-all")
+    assert (progress.done, progress.total) == (5, 5)
     assert st.store.count_live() == 0
     wait_for(lambda: st.containers() == [], 30, "containers removed")
     reasons = {e.reason for e in st.store.audit(limit=200) if e.action == "stopped" and e.user.startswith("cap-")}
@@ -60,22 +66,32 @@ def test_ten_users_at_once_with_cap_five(clean_stack):
 
 
 def test_double_launch_makes_one_container(clean_stack):
-    """The same user clicking Launch twice at once gets one session and one container."""
+    """The same user clicking Launch twice at once: one click gets the session, the other a Conflict naming it;
+    one container runs."""
     st = clean_stack
     dave = st.actor("double-dave")
-    outcomes = launch_all(st.service, [dave, dave])
-    assert len(outcomes) == 1  # same key: one of the two overwrote the other's outcome
+    outcomes = [outcome for _, outcome in launch_all(st.service, [dave, dave])]
+    sessions = [o for o in outcomes if isinstance(o, Session)]
+    conflicts = [o for o in outcomes if isinstance(o, Conflict)]
+    assert len(sessions) == 1 and len(conflicts) == 1, outcomes
+    [session] = sessions
+    assert "already has a live notebook session" in conflicts[0].user_message
+    assert session.id in conflicts[0].user_message
     live = st.store.live_session_for("double-dave")
-    assert live is not None
-    st.service.wait(dave, live.id, {SessionStatus.RUNNING}, 120)
-    assert len(st.containers(user="double-dave")) == 1
+    assert live is not None and live.id == session.id
+    assert [s.user for s in st.store.list_live()].count("double-dave") == 1
+    ran = st.service.wait(dave, session.id, {SessionStatus.RUNNING}, 120)
+    assert ran.status == SessionStatus.RUNNING, ran.error
+    [container] = st.containers(user="double-dave")
+    assert container.status == "running" and container.labels[f"{LABEL_PREFIX}.session"] == session.id
     with pytest.raises(Conflict):
         st.service.launch(dave, "alpha_research")
     assert len(st.containers(user="double-dave")) == 1
 
 
 def test_worker_killed_mid_start_recovers_without_orphans(clean_stack):
-    """A worker SIGKILLed during a start, then restarted: the session ends running (or error), no orphan."""
+    """A worker SIGKILLed while its start waits for Jupyter, then restarted: the session ends running in exactly
+    one container (the one created before the crash, adopted), with no orphan; then it stops cleanly."""
     st = clean_stack
     settings = st.settings.model_copy(update={"host_name": "crashhost", "hosts": ["crashhost"]})
     log = st.workdir / "crash-worker.log"
@@ -85,18 +101,21 @@ def test_worker_killed_mid_start_recovers_without_orphans(clean_stack):
         erin = st.actor("crash-erin")
         session = service.launch(erin, "alpha_research")
         assert session.host == "crashhost"
-        wait_for(lambda: (s := st.store.get(session.id)) and s.container_id, 60, "the container to be created")
+        created = wait_for(lambda: (s := st.store.get(session.id)) and s.container_id, 60, "the container")
         worker.kill()
         assert st.store.get(session.id).status == SessionStatus.STARTING
+        [before] = st.containers(session=session.id)
+        assert before.id == created
         worker = start_worker(settings, log, f"crash-{settings.instance}")
         final = service.wait(erin, session.id, {SessionStatus.RUNNING}, 180)
-        containers = st.containers(session=session.id)
-        if final.status == SessionStatus.RUNNING:
-            assert len(containers) == 1 and containers[0].status == "running"
-        else:
-            assert final.status == SessionStatus.ERROR and containers == []
+        assert final.status == SessionStatus.RUNNING, (final.status, final.error)
+        assert final.container_id == created
+        [container] = st.containers(session=session.id)
+        assert container.id == created and container.status == "running"
+        assert [c.name for c in st.containers(user="crash-erin")] == [container.name]
         service.stop(erin)
         service.wait(erin, session.id, {SessionStatus.STOPPED}, 60)
+        assert st.store.get(session.id).status == SessionStatus.STOPPED
         assert st.containers(session=session.id) == []
     finally:
         worker.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from launcher.errors import PermissionDenied
 from launcher.models import Role, SessionStatus
 from tests.helpers import Kernel, wait_for
 from tests.web import OriginClient, make_login, opened
@@ -86,8 +87,9 @@ def test_environment_mounts_and_template(clean_stack):
 
 
 def test_secrets_stay_out_of_logs_pages_and_views(clean_stack):
-    """The Jupyter secret is in no log (worker, entry point, container), no page JupyterLab serves, no
-    service view for the owner, an admin or another researcher, and no URL."""
+    """The Jupyter secret is in no log (the worker's, nginx's access and error logs, the entry point's output,
+    the container's), no page JupyterLab serves, no service view of the owner or an admin (another researcher
+    is refused any view), no open URL, and not in the container's environment or command line."""
     st = clean_stack
     carol = st.actor("e2e-carol")
     session = st.service.wait(carol, st.service.launch(carol, "backtest_review").id, RUNNING, 120)
@@ -98,13 +100,15 @@ def test_secrets_stay_out_of_logs_pages_and_views(clean_stack):
     for page in pages:
         assert secret not in page.text and secret not in str(page.headers)
     assert '"token": ""' in pages[0].text  # JupyterLab's page config carries no token
-    for viewer in (carol, st.actor("e2e-admin", role=Role.ADMIN), st.actor("e2e-dave")):
-        if viewer.name == "e2e-dave":
-            continue  # a researcher may not read another's session at all (PermissionDenied)
+    with pytest.raises(PermissionDenied) as refused:  # another researcher gets no view at all
+        st.service.get(st.actor("e2e-dave"), session.id)
+    assert secret not in str(refused.value) and secret not in refused.value.log_message
+    for viewer in (carol, st.actor("e2e-admin", role=Role.ADMIN)):
         view = st.service.get(viewer, session.id)
         assert secret not in view.model_dump_json() and secret not in (view.open_url() or "")
         assert secret not in str(view.public()) and secret not in repr(view)
-    logs = [st.worker.log, st.workdir / "nginx" / "access.log", st.workdir / "nginx.out"]
+    nginx = st.workdir / "nginx"
+    logs = [st.worker.log, nginx / "access.log", nginx / "error.log", st.workdir / "nginx.out"]
     for log in logs:
         assert log.exists(), log
         assert secret not in log.read_text(errors="replace"), f"secret leaked into {log}"

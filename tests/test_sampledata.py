@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -122,6 +123,35 @@ def test_launch_keeps_the_users_edited_copy(unit_settings):
     first.write_text("my edits")
     again = copy_template(unit_settings, "alpha_research", ws)
     assert again == first and first.read_text() == "my edits"
-    (ws / "backtest_review.ipynb").symlink_to("/etc/passwd")
-    copy_template(unit_settings, "backtest_review", ws)  # a planted symlink is not followed
-    assert (ws / "backtest_review.ipynb").is_symlink()
+
+
+def test_template_copy_does_not_follow_a_planted_symlink(unit_settings, tmp_path):
+    """A symlink planted where a template goes is left as is: its target (a file of this test, or a
+    path that does not exist yet) is neither written, chowned, chmodded nor created."""
+    from workers.hostfs import copy_template, prepare_workspace
+
+    ws = prepare_workspace(unit_settings, "planter")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not the template\n")
+    victim.chmod(0o600)
+    before = victim.stat()
+    link = ws / "backtest_review.ipynb"
+    link.symlink_to(victim)
+    missing = tmp_path / "created-through-the-link.ipynb"
+    dangling = ws / "factor_analysis.ipynb"
+    dangling.symlink_to(missing)
+
+    assert copy_template(unit_settings, "backtest_review", ws) == link
+    assert copy_template(unit_settings, "factor_analysis", ws) == dangling
+
+    assert victim.read_text() == "not the template\n"
+    after = victim.stat()
+    assert (after.st_uid, after.st_gid, after.st_mode, after.st_size) == (
+        before.st_uid,
+        before.st_gid,
+        before.st_mode,
+        before.st_size,
+    )
+    assert link.is_symlink() and os.readlink(link) == str(victim)
+    assert dangling.is_symlink() and os.readlink(dangling) == str(missing)
+    assert not missing.exists()
