@@ -33,6 +33,37 @@ proxy_set_header X-Nbl-Sid $sid;
 _HSTS = 'add_header Strict-Transport-Security "max-age=31536000" always;'
 
 
+# Every request to a session origin: ask the authorizer, then proxy to the session's socket with the
+# secret added and only Jupyter's XSRF cookie passed on.
+_NOTEBOOK_PROXY = """auth_request /_nbl_auth;
+auth_request_set $nbl_token $upstream_http_x_nbl_token;
+error_page 401 = @open;
+error_page 403 = @refused;
+proxy_pass http://unix:{sessions}/$sid/sock/jupyter.sock;
+# Jupyter checks Host (and Origin against Host for WebSockets): pass it through, port included.
+proxy_set_header Host $http_host;
+proxy_set_header X-Nbl-Auth $nbl_token;
+proxy_set_header Authorization "";
+proxy_set_header Cookie $nbl_upstream_cookie;
+proxy_set_header X-Real-IP $remote_addr;
+proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+proxy_set_header X-Forwarded-Proto $scheme;
+proxy_set_header Upgrade $http_upgrade;
+proxy_set_header Connection $connection_upgrade;
+proxy_buffering off;
+proxy_read_timeout 1h;
+proxy_send_timeout 1h;
+proxy_intercept_errors off;
+error_page 502 504 = @not_running;
+"""
+
+# On every answer of a session origin (a location with add_header of its own must include it again).
+_SECURITY_HEADERS = """add_header X-Content-Type-Options nosniff always;
+add_header Referrer-Policy no-referrer always;
+add_header Content-Security-Policy "frame-ancestors 'self'" always;
+"""
+
+
 def authorizer_socket(prefix: Path) -> Path:
     return prefix / "auth" / "authorizer.sock"
 
@@ -48,14 +79,12 @@ def render(settings: Settings, prefix: Path, *, run_as_root: bool | None = None)
         "USER_DIRECTIVE": user_directive,
         "PREFIX": str(prefix),
         "LISTEN": settings.entrypoint_listen,
-        "SESSIONS_DIR": str(settings.sessions_dir.resolve()),
         "AUTHORIZER_SOCKET": str(authorizer_socket(prefix)),
         "DOMAIN": settings.notebook_domain,
         "DOMAIN_RE": re.escape(settings.notebook_domain),
         "CONSOLE_URL": settings.console_url.replace("'", "%27").replace('"', "%22"),
         "SSL": " ssl" if settings.entrypoint_tls_cert else "",
         "TLS": _tls_directives(settings),
-        "HSTS": _HSTS if settings.entrypoint_tls_cert else "",
     }.items():
         text = text.replace("{{" + name + "}}", value)
     return text
@@ -91,6 +120,10 @@ def write_config(settings: Settings, prefix: Path) -> Path:
         os.chown(auth, 0, settings.proxy_gid)
     os.chmod(auth, 0o750)
     (prefix / "authorizer_proxy.conf").write_text(_AUTHORIZER_PROXY)
+    sessions = str(settings.sessions_dir.resolve())
+    (prefix / "notebook_proxy.conf").write_text(_NOTEBOOK_PROXY.replace("{sessions}", sessions))
+    headers = _SECURITY_HEADERS + (_HSTS + "\n" if settings.entrypoint_tls_cert else "")
+    (prefix / "security_headers.conf").write_text(headers)
     conf = prefix / "nginx.conf"
     conf.write_text(render(settings, prefix))
     return conf

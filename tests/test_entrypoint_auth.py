@@ -75,9 +75,11 @@ class _Capture(BaseHTTPRequestHandler):
         _Capture.seen.append(
             {"method": self.command, "path": self.path, **{k.lower(): v for k, v in self.headers.items()}}
         )
-        body = json.dumps({"ok": True}).encode()
+        big = self.path.startswith(("/static/", "/api/big"))
+        body = (b"var x = 1;\n" * 2000) if big else json.dumps({"ok": True}).encode()
         self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "application/javascript" if big else "application/json")
+        self.send_header("Cache-Control", "no-cache")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -319,3 +321,18 @@ def test_tls_with_a_wildcard_certificate(entry, workdir):
     finally:
         proc.stop()
 
+
+
+def test_static_assets_are_compressed_and_cached_and_nothing_else_is(entry):
+    """JupyterLab's assets come gzip-compressed with a day of private browser caching; API answers are
+    never compressed (no compression oracle beside secrets) and keep their own caching headers."""
+    settings, store, session, _ = entry
+    browser, _ = _opened(settings, store.redis, session)
+    static = browser.get("/static/lab/main.0123456789abcdef0123.js", headers={"Accept-Encoding": "gzip"})
+    assert static.status_code == 200 and static.headers["content-encoding"] == "gzip"
+    assert static.headers["cache-control"] == "private, max-age=86400"
+    assert static.headers["x-content-type-options"] == "nosniff" and static.headers["referrer-policy"] == "no-referrer"
+    api = browser.get("/api/big", headers={"Accept-Encoding": "gzip"})
+    assert api.status_code == 200 and "content-encoding" not in api.headers
+    assert api.headers["cache-control"] == "no-cache"
+    browser.close()
