@@ -127,10 +127,13 @@ return {'ok', enc}
 _ADOPT = """
 -- Re-register a running container's session that Redis lost (reconcile).
 -- KEYS: 1 session, 2 user lock, 3 live, 4 host live, 5 audit, 6 recent, 7 user last
--- ARGV: 1 session json, 2 sid, 3 audit maxlen, 4 now iso, 5 actor, 6 created epoch
+-- ARGV: 1 session json, 2 sid, 3 audit maxlen, 4 now iso, 5 actor, 6 created epoch, 7 global cap, 8 host cap
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists', ''} end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[2] then return {'user_busy', holder} end
+-- The caps hold for adopted sessions too: launches admitted after Redis lost its data took the seats.
+if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[7]) then return {'global_cap', ''} end
+if redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[8]) then return {'host_cap', ''} end
 local s = cjson.decode(ARGV[1])
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2])
@@ -284,7 +287,9 @@ class SessionStore:
         return self._many(ids)
 
     def adopt(self, session: Session, *, actor: str) -> bool:
-        """Record a session rebuilt from a live container. False when its user holds another session."""
+        """Record a session rebuilt from a live container. False when its user holds another session or
+        the caps are full (launches admitted after Redis lost its data took the seats): the caller then
+        removes the container."""
         assert session.host is not None
         keys = [
             self._k("session", session.id),
@@ -302,6 +307,8 @@ class SessionStore:
             utcnow().isoformat(),
             actor,
             session.created_at.timestamp(),
+            self._settings.max_sessions,
+            self._settings.max_sessions_per_host,
         ]
         with _redis_errors():
             verdict, _ = self._adopt(keys=keys, args=args)
@@ -405,6 +412,18 @@ class SessionStore:
         with _redis_errors():
             raw = self._r.get(self._k("usage", user))
         return WorkspaceUsage.model_validate_json(raw) if raw else None
+
+    # -- what the console has told a user (console notices: each ended session once) ---------------
+    def notice_marks(self, user: str) -> dict[str, str]:
+        """``live``: the last session the user saw live in the console; ``told``: the last whose end they saw."""
+        with _redis_errors():
+            return dict(self._r.hgetall(self._k("notice", user)))
+
+    def mark_notice(self, user: str, field: str, session_id: str) -> None:
+        with _redis_errors():
+            key = self._k("notice", user)
+            self._r.hset(key, field, session_id)
+            self._r.expire(key, 90 * 24 * 3600)
 
     def ping(self) -> None:
         with _redis_errors():
