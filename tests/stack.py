@@ -58,13 +58,16 @@ def write_redis_conf(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def start_redis(folder: Path, *, tls_dir: Path | None = None) -> tuple[Proc, str]:
+def start_redis(folder: Path, *, tls_dir: Path | None = None, appendonly: bool = False) -> tuple[Proc, str]:
     """A redis-server of our own on a free loopback port that requires a password (carried in the URL).
 
     With ``tls_dir`` (``ca.crt``, ``redis.crt``, ``redis.key`` from scripts/redis-tls.sh) it listens
-    with TLS only (``rediss://``; plain port 0)."""
+    with TLS only (``rediss://``; plain port 0). With ``appendonly`` it keeps an append-only file
+    (``appendonly-<port>`` in ``folder``, fsynced on every write), so a restart from the same
+    ``redis-<port>.conf`` loses nothing."""
     port, password = free_port(), secrets.token_urlsafe(24)
-    lines = ["bind 127.0.0.1", "protected-mode yes", f"requirepass {password}", 'save ""', "appendonly no"]
+    aof = ["appendonly yes", "appendfsync always", f"appenddirname appendonly-{port}"] if appendonly else ["appendonly no"]
+    lines = ["bind 127.0.0.1", "protected-mode yes", f"requirepass {password}", 'save ""', *aof]
     lines += [f"dir {folder}", f"logfile {folder / f'redis-{port}.log'}"]
     ping_options: dict[str, Any] = {}
     if tls_dir is None:
@@ -139,13 +142,14 @@ def make_sample_data(dest: Path, image: str = DEFAULT_IMAGE, preset: str = "ci")
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def _celery(settings: Settings, *args: str) -> tuple[list[str], dict[str, str]]:
-    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO_ROOT)}
+def _celery(settings: Settings, *args: str, extra_env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO_ROOT), **(extra_env or {})}
     return [sys.executable, "-m", "celery", "-A", "workers.app", *args], env
 
 
-def start_worker(settings: Settings, log: Path, name: str) -> Proc:
-    argv, env = _celery(
+def start_worker(settings: Settings, log: Path, name: str, env: dict[str, str] | None = None) -> Proc:
+    """A Celery worker for ``settings``' host; ``env`` adds to its environment (e.g. ``DOCKER_HOST``)."""
+    argv, full_env = _celery(
         settings,
         "worker",
         "-Q",
@@ -160,8 +164,9 @@ def start_worker(settings: Settings, log: Path, name: str) -> Proc:
         "INFO",
         "--without-gossip",
         "--without-mingle",
+        extra_env=env,
     )
-    proc = spawn(name, argv, log, env=env, cwd=REPO_ROOT)
+    proc = spawn(name, argv, log, env=full_env, cwd=REPO_ROOT)
     wait_for(lambda: "ready." in proc.tail(200) or not proc.alive(), 60, f"worker {name}")
     assert proc.alive(), proc.tail()
     return proc
@@ -265,8 +270,11 @@ def unmount_below(folder: Path) -> None:
         subprocess.run(["umount", target], capture_output=True, timeout=60)
 
 
-def start_stack(base: Path, redis_url: str, client: docker.DockerClient, **overrides: Any) -> Stack:
-    """Sample data, nginx and a worker for one host, with limits small enough for tests."""
+def start_stack(
+    base: Path, redis_url: str, client: docker.DockerClient, *, worker_env: dict[str, str] | None = None, **overrides: Any
+) -> Stack:
+    """Sample data, nginx and a worker for one host, with limits small enough for tests (``worker_env`` adds to
+    the worker's environment)."""
     base.mkdir(mode=0o755)
     base.chmod(0o755)
     port = free_port()
@@ -294,7 +302,7 @@ def start_stack(base: Path, redis_url: str, client: docker.DockerClient, **overr
     make_sample_data(settings.data_dir, settings.notebook_image)
     settings.sessions_dir.mkdir(mode=0o711)
     nginx = start_entrypoint(settings, base / "nginx")
-    worker = start_worker(settings, base / "worker.log", f"w-{settings.instance}")
+    worker = start_worker(settings, base / "worker.log", f"w-{settings.instance}", env=worker_env)
     store = SessionStore.from_settings(settings)
     service = LauncherService(settings, store, CeleryDispatcher.from_settings(settings))
     return Stack(

@@ -7,9 +7,11 @@ below it receives them as arguments.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import Celery
 from celery.signals import worker_ready
+from celery.worker.consumer.consumer import Consumer as CeleryConsumer
 
 from celeryconfig import build
 from launcher.dispatch import CeleryDispatcher
@@ -20,9 +22,33 @@ from launcher.settings import Settings
 log = logging.getLogger("launcher.worker")
 
 
+class Consumer(CeleryConsumer):  # type: ignore[misc]  # celery has no type hints
+    """Celery's consumer, surviving a broker (Redis) restart while tasks are in flight.
+
+    With Celery and kombu 5.7, the Redis transport and ``acks_late`` tasks running, a lost broker connection
+    ends the worker ("Unrecoverable error: AttributeError: 'NoneType' object has no attribute 'hostname'"):
+    closing the collected connection, and later acknowledging a task received on it, both reach a transport
+    whose client is gone. Both are what they look like, a lost connection: the consumer reconnects, and a task
+    whose acknowledgement was lost is delivered again after the visibility timeout (every task is idempotent;
+    a worker's start resumes unfinished work anyway). Found by tests/test_faults.py (Redis restarted mid-start).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        known: tuple[type[BaseException], ...] = tuple(self.connection_errors)  # type: ignore[has-type]
+        self.connection_errors = (*known, AttributeError)  # "Couldn't ack", logged, not fatal
+
+    def on_connection_error_after_connected(self, exc: BaseException) -> None:
+        try:
+            super().on_connection_error_after_connected(exc)
+        except AttributeError as err:  # closing the broken connection: it is gone either way
+            event(log, "worker.broker_close_failed", level=logging.WARNING, error=repr(err)[:200])
+
+
 def create_app(settings: Settings) -> Celery:
     app = Celery("launcher")
     app.conf.update(build(settings))
+    app.conf.worker_consumer = f"{__name__}:Consumer"
     app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
     return app
 
