@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from launcher.bootstrap import build_service
-from launcher.errors import LauncherError
+from launcher.errors import InvalidRequest, LauncherError
 from launcher.models import TERMINAL_STATUSES, Actor, Session, SessionStatus
 from launcher.settings import Settings
+from launcher.validation import validate_user_id
 
 
 def _row(s: Session) -> str:
@@ -50,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--wait", action="store_true", help="wait until it is running (or failed)")
     start.add_argument("--timeout", type=float, default=180.0)
     start.add_argument("--json", action="store_true")
+    start.add_argument(
+        "--service-account",
+        action="store_true",
+        help="start for a user the console does not know (password mode: not in the users file)",
+    )
     stop = sub.add_parser("stop", help="stop a user's session")
     stop.add_argument("--user", required=True)
     stop.add_argument("--wait", action="store_true")
@@ -69,11 +75,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _require_known_user(settings: Settings, user: str) -> None:
+    """In password mode, only users of the console's users file get sessions (a typo makes no orphan session)."""
+    validate_user_id(user)  # a malformed id is refused as such first
+    if settings.auth_mode != "password":
+        return  # OIDC: users are known to the provider, not to us
+    try:
+        known = json.loads(settings.users_file.read_text()).get("users", {})
+    except FileNotFoundError:
+        known = {}
+    except (OSError, ValueError) as exc:
+        raise InvalidRequest(f"cannot read the users file {settings.users_file}: {exc}") from None
+    if user not in known:
+        raise InvalidRequest(
+            f"{user!r} is not a console user (not in {settings.users_file}): add them with "
+            "'python -m ui.users add', or pass --service-account to start a session for a service account"
+        )
+
+
 def run(argv: Sequence[str] | None, settings: Settings) -> int:
     args = _parser().parse_args(argv)
     service = build_service(settings)
     actor = Actor.operator(f"operator:{getpass.getuser()}")
     if args.command == "start":
+        if not args.service_account:
+            _require_known_user(settings, args.user)
         session = service.launch(actor, args.template, user=args.user)
         if args.wait:
             session = service.wait(actor, session.id, {SessionStatus.RUNNING}, args.timeout)

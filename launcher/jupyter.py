@@ -194,8 +194,8 @@ def wait_ready(
             next_alive_check = now + alive_check_every
             if not still_alive():
                 raise StartFailed(
-                    "the notebook container exited while starting; an operator can read its log with `docker logs`",
+                    "the notebook container exited while starting (its last lines are kept with the session)",
                 )
         if time.monotonic() - t0 > timeout:
-            raise StartFailed(f"the notebook server did not answer within {timeout:.0f} s")
+            raise StartFailed(f"the notebook server did not answer within {max(timeout, 1):.0f} s")
         time.sleep(READY_POLL_S)

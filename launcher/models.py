@@ -127,6 +127,7 @@ class Session(BaseModel):
     stop_batch: str | None = None  # the stop-all that asked, for its progress
     max_age_exempt: bool = False  # an admin exempted it from the maximum age
     error: str | None = None
+    start_log: str | None = None  # a failed start: the last lines of its container's log, secrets scrubbed
 
     @field_serializer("token")
     def _dump_token(self, token: SecretStr, info: SerializationInfo) -> str:

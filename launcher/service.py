@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 from pydantic import SecretStr
 
@@ -32,7 +33,9 @@ from launcher.settings import Settings
 from launcher.store import SessionStore
 from launcher.transitions import ActorKind, By, KeepAlive, SetMaxAgeExempt
 from launcher.validation import available_templates, resolve_template, validate_user_id
-from launcher.views import SessionView, Template, session_view, template
+from launcher.views import SessionView, Template, session_view, template, typical_launch
+
+TYPICAL_CACHE_S = 30.0  # the typical launch time is read from the audit stream at most this often
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class LauncherService:
         self.settings = settings
         self.store = store
         self.dispatcher = dispatcher
+        self._typical: tuple[float, timedelta | None] = (-TYPICAL_CACHE_S, None)
 
     # -- helpers ----------------------------------------------------------------------------
     def _visible(self, actor: Actor, session: Session) -> Session:
@@ -190,6 +194,30 @@ class LauncherService:
         session = self.store.apply(session.id, KeepAlive(by=By(ActorKind.USER, actor.name), reason=Reason.KEEPALIVE))
         return self._visible(actor, session)
 
+
+    def typical_launch_time(self) -> timedelta | None:
+        """The median launch-to-running time of recent launches (from the audit stream; cached briefly)."""
+        at, value = self._typical
+        if time.monotonic() - at < (TYPICAL_CACHE_S if value is not None else TYPICAL_CACHE_S / 6):
+            return value
+        value = typical_launch(reversed(self.store.audit(limit=1000)))
+        self._typical = (time.monotonic(), value)
+        return value
+
+    def unseen_end(self, actor: Actor, view: SessionView | None) -> bool:
+        """Whether ``view`` (the actor's latest session) ended after they saw it live in the console and they
+        have not been told yet; records what they see now (a live session; an end being told)."""
+        if view is None or view.user != actor.name:
+            return False
+        marks = self.store.notice_marks(actor.name)
+        if view.live:
+            if marks.get("live") != view.id:
+                self.store.mark_notice(actor.name, "live", view.id)
+            return False
+        if marks.get("live") != view.id or marks.get("told") == view.id:
+            return False
+        self.store.mark_notice(actor.name, "told", view.id)
+        return True
 
     # -- queries ----------------------------------------------------------------------------
     def session_for(self, actor: Actor, user: str | None = None) -> Session | None:

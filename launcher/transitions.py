@@ -164,6 +164,16 @@ class FailStart(MarkFailed):
     another delivery of the same start brought up)."""
 
 
+@dataclass(frozen=True)
+class RecordStartLog(Command):
+    """Keep the last lines of a failed start's container log (already scrubbed) on the ended session."""
+
+    text: str = ""
+
+    def patch(self) -> dict[str, Any]:
+        return {"start_log": self.text}
+
+
 # The whole state machine: (statuses a command may start from, the status it moves to or None).
 TRANSITIONS: dict[type[Command], tuple[frozenset[SessionStatus], SessionStatus | None]] = {
     MarkStarting: (frozenset({Q, S}), S),
@@ -176,6 +186,7 @@ TRANSITIONS: dict[type[Command], tuple[frozenset[SessionStatus], SessionStatus |
     MarkStopped: (frozenset({X}), SessionStatus.STOPPED),
     MarkFailed: (LIVE_STATUSES, SessionStatus.ERROR),
     FailStart: (frozenset({Q, S}), SessionStatus.ERROR),
+    RecordStartLog: (frozenset({SessionStatus.ERROR}), None),
 }
 
 

@@ -7,12 +7,15 @@ session ended are decided here once (and table-tested), not in the pages.
 from __future__ import annotations
 
 import json
+import re
+import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
 
-from launcher.models import Reason, Session, SessionStatus, WorkspaceUsage
+from launcher.models import AuditEvent, Reason, Session, SessionStatus, WorkspaceUsage
 from launcher.policy import ReapPolicy, time_left
 from launcher.settings import Settings
 
@@ -86,6 +89,8 @@ class SessionView:
     error: str
     workspace: WorkspaceUsage | None
     workspace_warning: bool
+    start_log: str = ""  # a failed start: the last lines of its container's output, scrubbed
+    stopped_at: datetime | None = None
 
     @property
     def live(self) -> bool:
@@ -128,4 +133,86 @@ def session_view(
         error=session.error or "",
         workspace=usage,
         workspace_warning=usage is not None and usage.fraction >= settings.workspace_warn_fraction,
+        start_log=scrub(session.start_log or "", [session.token.get_secret_value()]),
+        stopped_at=session.stopped_at,
     )
+
+
+# -- progress of a launch ------------------------------------------------------------------------------
+
+# The steps a launch goes through, as its owner reads them (the index is the step reached).
+PHASES: tuple[str, ...] = (
+    "Waiting for room",
+    "Preparing the workspace and container",
+    "Starting Jupyter",
+    "Ready",
+)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a launch is: the step, its words, the time since the launch and the usual total."""
+
+    step: int  # index into PHASES
+    label: str
+    elapsed: timedelta
+    typical: timedelta | None
+    fraction: float  # for a progress bar; never 1.0 before ready, never backwards between steps
+
+
+def progress(view: SessionView, now: datetime, typical: timedelta | None) -> Progress:
+    """The launch progress of a session (queued, starting or running)."""
+    elapsed = max(now - view.created_at, timedelta(0))
+    if view.status == SessionStatus.QUEUED:
+        step = 0
+        label = f"Waiting for room: position {view.queue_position or 1} in the queue"
+    elif view.status == SessionStatus.STARTING and "jupyter" in view.phase.lower():
+        step, label = 2, "Starting Jupyter"
+    elif view.status == SessionStatus.STARTING:
+        step, label = 1, "Preparing the workspace and container"
+    else:
+        step, label = 3, "Ready"
+    floor = step / (len(PHASES) - 1)
+    if step == 3:
+        fraction = 1.0
+    else:
+        ceiling = (step + 1) / (len(PHASES) - 1) - 0.02
+        guess = elapsed / typical if typical and typical.total_seconds() > 0 else 0.0
+        fraction = min(ceiling, max(floor + 0.02, min(0.97, guess)))
+    return Progress(step=step, label=label, elapsed=elapsed, typical=typical, fraction=fraction)
+
+
+def typical_launch(events: Iterable[AuditEvent], recent: int = 20) -> timedelta | None:
+    """The median time from launch (queued) to running over the most recent launches in ``events``."""
+    queued: dict[str, datetime] = {}
+    ready: dict[str, datetime] = {}
+    for e in events:
+        if e.action == "queued":
+            queued[e.session_id] = e.time
+        elif e.action == "running" and e.previous == "starting":
+            ready[e.session_id] = e.time
+    durations = sorted(
+        ((ready[sid], (ready[sid] - queued[sid]).total_seconds()) for sid in ready if sid in queued),
+        reverse=True,
+    )[:recent]
+    values = [d for _, d in durations if d >= 0]
+    return timedelta(seconds=statistics.median(values)) if values else None
+
+
+# -- scrubbing what people may read --------------------------------------------------------------------
+
+_TOKENISH = (
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
+    re.compile(r"(?i)((?:token|secret|password|passwd|key|authorization|bearer|cookie)[\"']?\s*[=:]\s*[\"']?)[^\s&\"',;]+"),
+    re.compile(r"()(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{32,}(?![A-Za-z0-9_-])"),  # long random-looking strings
+)
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with the given secrets and anything that looks like a token replaced by ``[hidden]``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[hidden]")
+    for pattern in _TOKENISH:
+        text = pattern.sub(lambda m: m.group(1) + "[hidden]", text)
+    return text

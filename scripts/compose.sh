@@ -79,7 +79,7 @@ case $cmd in
     fi
     log "console http://127.0.0.1:$LAUNCHER_CONSOLE_PORT  entry point http://127.0.0.1:$LAUNCHER_PORT" \
       " flower http://127.0.0.1:$LAUNCHER_FLOWER_PORT (user operator, password: LAUNCHER_FLOWER_PASSWORD in $secrets)"
-    log "launch: scripts/compose.sh exec -T worker python3 -m launcher.cli start --user alice --template alpha_research --wait"
+    log "launch: scripts/compose.sh exec -T console python3 -m launcher.cli start --user alice --template alpha_research --wait"
     ;;
   *) compose "$cmd" "$@" ;;
 esac

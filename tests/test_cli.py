@@ -30,7 +30,7 @@ def cli(stack, *args: str) -> subprocess.CompletedProcess:
 def test_cli_start_status_stop(clean_stack):
     """start --wait --json gives the record with its origin and Open link (no secret anywhere); stop stops."""
     st = clean_stack
-    res = cli(st, "start", "--user", "cli-user", "--template", "alpha_research", "--wait", "--json")
+    res = cli(st, "start", "--user", "cli-user", "--service-account", "--template", "alpha_research", "--wait", "--json")
     assert res.returncode == 0, res.stderr
     record = json.loads(res.stdout)
     assert record["status"] == "running" and record["container_id"] and record["user"] == "cli-user"
@@ -48,7 +48,7 @@ def test_cli_start_status_stop(clean_stack):
     listing = cli(st, "status")
     assert "cli-user" in listing.stdout and token not in listing.stdout
 
-    again = cli(st, "start", "--user", "cli-user", "--template", "alpha_research")
+    again = cli(st, "start", "--user", "cli-user", "--service-account", "--template", "alpha_research")
     assert again.returncode == 4 and "already has a live notebook session" in again.stderr
 
     stop = cli(st, "stop", "--user", "cli-user", "--wait", "--json")
@@ -67,8 +67,8 @@ def test_cli_start_status_stop(clean_stack):
     ("args", "code", "message"),
     [
         (["start", "--user", "../x", "--template", "alpha_research"], 2, "invalid user id"),
-        (["start", "--user", "ok", "--template", "../alpha_research"], 2, "invalid template name"),
-        (["start", "--user", "ok", "--template", "nope"], 2, "unknown template 'nope'"),
+        (["start", "--user", "ok", "--service-account", "--template", "../alpha_research"], 2, "invalid template name"),
+        (["start", "--user", "ok", "--service-account", "--template", "nope"], 2, "unknown template 'nope'"),
     ],
 )
 def test_cli_bad_input_exits_nonzero_with_one_line(clean_stack, args, code, message):

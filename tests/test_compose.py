@@ -210,7 +210,7 @@ def test_compose_up_launch_from_cli_and_console_stop_down(workdir):
 
         # A launch from the operator CLI and one through the console's own service path.
         wait_for(lambda: "ready." in compose("logs", "worker").stdout, 60, "the compose worker")
-        start = cli("start", "--user", "compose-cat", "--template", "alpha_research", "--wait", "--json")
+        start = cli("start", "--user", "compose-cat", "--service-account", "--template", "alpha_research", "--wait", "--json")
         assert start.returncode == 0, start.stderr + start.stdout
         record = json.loads(start.stdout)
         assert record["status"] == "running"

@@ -6,19 +6,23 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import streamlit as st
+from pydantic import SecretStr
 from streamlit.testing.v1 import AppTest
 
 import ui.context
 from launcher.logins import LoginStore
-from launcher.models import Actor, Role, SessionStatus
+from launcher.models import Actor, AuditEvent, Reason, Role, Session, SessionStatus
 from launcher.settings import REPO_ROOT, Settings
 from launcher.store import SessionStore
-from tests.helpers import new_context
+from launcher.views import PHASES, progress, scrub, session_view, typical_launch
+from tests.helpers import free_port, new_context
 from tests.stack import random_instance, start_console
 from ui.auth import COOKIE, UserStore, sign
+from ui.format import plural
 
 APP = str(REPO_ROOT / "ui" / "app.py")
 
@@ -153,7 +157,7 @@ def test_researcher_launch_is_queued_in_redis(redis_console):
     assert not at.exception
     session = redis_console.store.live_session_for("ui-rosa")
     assert session is not None and session.status == SessionStatus.QUEUED
-    assert "Queued" in texts(at) and launch_keys(at) == set()
+    assert "Waiting for room" in texts(at) and launch_keys(at) == set()
 
 
 def test_demoted_users_stale_launch_click_does_nothing(redis_console):
@@ -204,13 +208,13 @@ def test_researcher_launches_sees_status_and_stops(clean_stack, console):
 
     def running(a: AppTest) -> bool:
         page = texts(a)
-        for word in ("Queued", "Starting", "Running"):
+        for word in ("Waiting for room", "Preparing the workspace", "Starting Jupyter", "Ready"):
             if word in page:
                 seen.add(word)
         return "Open JupyterLab" in page
 
     rerun_until(at, running, 120, "the session to run")
-    assert "Running" in seen
+    assert "Ready" in seen
     token = clean_stack.store.get(session.id).token.get_secret_value()
     assert token not in texts(at)  # the Open link starts the open flow; no token on the page
     before = clean_stack.store.get(session.id).last_activity_at
@@ -218,6 +222,8 @@ def test_researcher_launches_sees_status_and_stops(clean_stack, console):
     assert clean_stack.store.get(session.id).last_activity_at > before
     assert any(e.action == "keepalive" for e in clean_stack.store.audit(user="ui-rita"))
     at.button(key="stop").click().run()
+    assert "anything not saved in JupyterLab is lost" in texts(at)
+    at.button(key="stop-yes").click().run()
     rerun_until(at, lambda a: "launch-alpha_research" in launch_keys(a), 60, "the cards to come back")
     assert clean_stack.store.get(session.id).status == SessionStatus.STOPPED
 
@@ -233,7 +239,7 @@ def test_admin_sees_others_stops_one_and_stops_all_without_tokens(clean_stack, c
     tokens = [clean_stack.store.get(s.id).token.get_secret_value() for s in sessions]
 
     at = console("ui-ada", "admin")
-    at.switch_page("pages/admin.py").run()
+    at.switch_page("screens/admin.py").run()
     assert not at.exception
     page = texts(at)
     assert all(u in page for u in ("ui-owen", "ui-olga", "ui-omar"))
@@ -246,7 +252,7 @@ def test_admin_sees_others_stops_one_and_stops_all_without_tokens(clean_stack, c
     at.button(key="stop-all").click().run()
     assert "Stop all 2 live sessions?" in texts(at)
     at.button(key="stop-all-yes").click().run()
-    rerun_until(at, lambda a: "Stop all finished: 2 of 2 stopped." in texts(a), 120, "stop-all to finish")
+    rerun_until(at, lambda a: "Stop all finished: 2 of 2 sessions stopped." in texts(a), 120, "stop-all to finish")
     assert clean_stack.store.count_live() == 0
     at.text_input(key="audit-user").input("ui-olga").run()
     page = texts(at)
@@ -285,6 +291,7 @@ def live_console(redis_url, tmp_path):
         workspaces_dir=tmp_path / "workspaces",
         sessions_dir=tmp_path / "sessions",
         data_dir=tmp_path / "data",
+        console_url=f"http://127.0.0.1:{free_port()}",  # never the default 8501 of a console running here
     )
     proc, url = start_console(settings, tmp_path, LAUNCHER_USERS_FILE=str(settings.users_file))
     try:
@@ -363,3 +370,152 @@ def test_demoted_users_open_tabs_lose_launch_and_stop_on_their_next_refresh(brow
     finally:
         panel.context.close()
         context.close()
+
+
+# -- the pure parts of what the pages show ----------------------------------------------------------
+
+
+def _event(sid: str, action: str, previous: str, at: datetime) -> AuditEvent:
+    return AuditEvent(
+        id="1-0",
+        time=at,
+        session_id=sid,
+        user="u",
+        template="t",
+        host="h",
+        action=action,
+        previous=previous,
+        actor="a",
+        reason="r",
+    )
+
+
+def test_typical_launch_is_the_median_of_recent_launch_to_running_times():
+    """The typical launch time is the median queued-to-running time; unfinished launches do not count."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    events = []
+    for i, seconds in enumerate((4, 6, 30)):
+        events += [
+            _event(f"s{i}", "queued", "", t0),
+            _event(f"s{i}", "running", "starting", t0 + timedelta(seconds=seconds)),
+        ]
+    events.append(_event("s9", "queued", "", t0))
+    assert typical_launch(events) == timedelta(seconds=6)
+    assert typical_launch([]) is None
+
+
+def test_progress_moves_forward_through_the_phases_and_never_completes_early(unit_settings):
+    """Each phase's bar starts past the previous one's and stays below 1.0 until the session is ready."""
+    session = Session(id="abcdefabcdef", user="u", template="alpha_research", token=SecretStr("x"))
+    now = session.created_at + timedelta(seconds=100)
+    typical = timedelta(seconds=10)
+    fractions = []
+    for status, phase in (
+        (SessionStatus.QUEUED, None),
+        (SessionStatus.STARTING, "preparing workspace"),
+        (SessionStatus.STARTING, "waiting for Jupyter"),
+        (SessionStatus.RUNNING, None),
+    ):
+        view = session_view(session.model_copy(update={"status": status, "phase": phase}), unit_settings, now)
+        p = progress(view, now, typical)
+        assert p.label.startswith(PHASES[p.step].split(":")[0])
+        fractions.append(p.fraction)
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and fractions[-2] < 1.0
+
+
+def test_scrub_hides_the_session_secret_and_anything_token_like():
+    """A start log shown to people loses the secret and token-looking strings, keeping the rest readable."""
+    secret = "s3cr3t-value"
+    text = f"start {secret}\nhttp://x/lab?token=abc123&x=1\nAuthorization: Bearer zzz\nid {'f' * 64}\nImportError: no module"
+    out = scrub(text, [secret])
+    assert secret not in out and "abc123" not in out and "zzz" not in out and "f" * 64 not in out
+    assert "ImportError: no module" in out
+
+
+def test_plurals():
+    """Counts read as English."""
+    assert [plural(n, "live session") for n in (0, 1, 2)] == ["0 live sessions", "1 live session", "2 live sessions"]
+
+
+def test_a_failed_start_keeps_its_scrubbed_start_log_and_the_owner_sees_it(redis_console):
+    """The worker keeps the failing container's last lines (secret and tokens hidden) and the page shows them."""
+    from launcher.spec import container_name
+    from launcher.transitions import ActorKind, By, MarkStarting
+    from workers import lifecycle
+    from workers.runtime import FakeRuntime
+
+    settings, store = redis_console.settings, redis_console.store
+    at = redis_console("ui-fred", "researcher")
+    at.button(key="launch-alpha_research").click().run()
+    session = store.live_session_for("ui-fred")
+    store.apply(session.id, MarkStarting(by=By(ActorKind.WORKER, "test"), reason=Reason.START))
+    runtime = FakeRuntime()
+    secret = session.token.get_secret_value()
+    name = container_name(settings, session.id)
+    runtime.output[name] = "\n".join(
+        [f"line {i}" for i in range(100)] + [f"listening on http://x/lab?token={secret}", "ModuleNotFoundError: nope"]
+    )
+    ctx = lifecycle.WorkerContext(settings, store, runtime)
+    ended = lifecycle._fail_start(ctx, session.id, "the notebook server exited while starting", "exit 1", {})
+    assert ended.status == SessionStatus.ERROR
+    kept = store.get(session.id).start_log
+    assert secret not in kept and "ModuleNotFoundError: nope" in kept and "line 0\n" not in kept
+    rerun_until(at, lambda a: "did not start" in texts(a), 10, "the failure to show")
+    page = texts(at)
+    assert "ModuleNotFoundError: nope" in page and secret not in page and "exited while starting" in page
+
+
+def test_workspace_files_are_listed_and_served_without_following_symlinks(redis_console, tmp_path):
+    """The files route serves the owner's files and a zip of them, never through a symlink, never outside."""
+    import io
+    import zipfile
+
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from ui.asgi import Console
+    from ui.workspace import list_files, workspace_root
+
+    settings = redis_console.settings
+    root = settings.workspaces_dir / "ui-wanda"
+    (root / "results").mkdir(parents=True)
+    (root / "results" / "ic.csv").write_text("date,ic\n2024-01-02,0.05\n")
+    (root / "notes.md").write_text("# notes\n")
+    (root / "passwd").symlink_to("/etc/passwd")
+    (root / "escape").symlink_to(tmp_path)
+    assert [e.path for e in list_files(workspace_root(settings, "ui-wanda"))[0]] == ["notes.md", "results/ic.csv"]
+
+    console = Console(settings, redis_console.store.redis)
+    redis_console.users.set_user("ui-wanda", Role.RESEARCHER, "wanda-password")
+    cookies = {COOKIE: sign(settings, redis_console.logins.create("ui-wanda", Role.RESEARCHER))}
+
+    client = TestClient(Starlette(routes=console.routes()), cookies=cookies)
+
+    def get(**params: str):
+        response = client.get("/_nbl/files", params=params)
+        return response.status_code, response.content
+
+    assert get(path="results/ic.csv") == (200, b"date,ic\n2024-01-02,0.05\n")
+    assert get(path="passwd")[0] == 404 and get(path="escape/users.json")[0] == 404
+    assert get(path="../ui-other/x")[0] == 400 and get(path="/etc/passwd")[0] == 400
+    status, body = get(archive="1")
+    assert status == 200
+    assert sorted(zipfile.ZipFile(io.BytesIO(body)).namelist()) == ["notes.md", "results/ic.csv"]
+    assert TestClient(Starlette(routes=console.routes())).get("/_nbl/files?path=notes.md").status_code == 403
+
+
+def test_cli_start_refuses_users_the_console_does_not_know(unit_settings, tmp_path):
+    """In password mode the CLI starts sessions only for users of the users file, unless --service-account."""
+    from launcher.cli import _parser, _require_known_user
+    from launcher.errors import InvalidRequest
+
+    settings = unit_settings.model_copy(update={"users_file": tmp_path / "users.json"})
+    UserStore(settings.users_file).set_user("cli-known", Role.RESEARCHER, "known-password")
+    _require_known_user(settings, "cli-known")
+    with pytest.raises(InvalidRequest, match="not a console user"):
+        _require_known_user(settings, "cli-typo")
+    with pytest.raises(InvalidRequest, match="invalid user id"):
+        _require_known_user(settings, "../x")
+    _require_known_user(settings.model_copy(update={"auth_mode": "oidc"}), "cli-typo")  # the provider knows them
+    args = _parser().parse_args(["start", "--user", "svc-batch", "--template", "t", "--service-account"])
+    assert args.service_account

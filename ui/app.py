@@ -21,7 +21,10 @@ resolved = current_login(service)  # checked against Redis and the role source o
 actor = resolved.actor
 
 if actor is None or resolved.login is None:
-    views.login(settings, note="Your access has changed: please log in again." if resolved.revoked else "")
+    # A navigation of one hidden page, so that an anonymous visitor is shown no page list at all.
+    note = "Your access has changed: please log in again." if resolved.revoked else ""
+    login_page = st.Page(lambda: views.login(settings, note=note), title="Log in", url_path="login-page")
+    st.navigation([login_page], position="hidden").run()
     st.stop()
 
 if not settings.feature_notebook_launcher:
@@ -33,11 +36,11 @@ if not settings.feature_notebook_launcher:
 # default); each page checks the permission again, and the service checks it a third time.
 available = []
 if authorize(actor, Permission.LAUNCH_NOTEBOOKS):
-    available.append(st.Page("pages/notebooks.py", title="Notebooks", icon=":material/menu_book:", default=True))
+    available.append(st.Page("screens/notebooks.py", title="Notebooks", icon=":material/menu_book:", default=True))
 if authorize(actor, Permission.MANAGE_NOTEBOOKS):
-    available.append(st.Page("pages/admin.py", title="Admin", icon=":material/admin_panel_settings:"))
+    available.append(st.Page("screens/admin.py", title="Admin", icon=":material/admin_panel_settings:"))
 if not available:
-    available.append(st.Page("pages/overview.py", title="Overview", icon=":material/visibility:", default=True))
+    available.append(st.Page("screens/overview.py", title="Overview", icon=":material/visibility:", default=True))
 
 with st.sidebar:
     st.caption(f"Signed in as **{actor.name}** ({actor.role.value})")

@@ -27,7 +27,7 @@ import html  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 from typing import Any  # noqa: E402
-from urllib.parse import parse_qs, urlencode, urlsplit  # noqa: E402
+from urllib.parse import parse_qs, quote, urlencode, urlsplit  # noqa: E402
 
 import redis  # noqa: E402
 import streamlit as st  # noqa: E402
@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool  # noqa: E402
 from starlette.datastructures import MutableHeaders  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 from starlette.requests import Request  # noqa: E402
-from starlette.responses import HTMLResponse, RedirectResponse, Response  # noqa: E402
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
 
@@ -65,7 +65,7 @@ MAX_FORM_BYTES = 4096
 OIDC_COOKIE = "nbl_oidc"
 OIDC_STATE_TTL_S = 600
 # Our own small pages: nothing but inline style. Streamlit's pages keep their scripts, but may not be framed.
-OWN_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'"
+OWN_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; frame-ancestors 'none'"
 STREAMLIT_CSP = "frame-ancestors 'self'; base-uri 'self'; object-src 'none'"
 _OWN_PATHS = ("/login", "/logout", "/oauth2callback", "/_nbl/")
 # Cookie keys that were once development defaults: public, so never accepted.
@@ -139,11 +139,32 @@ class SecurityHeaders:
 
 # -- small pages -----------------------------------------------------------------------------------
 
-_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title} · Research notebooks</title>
-<style>body{{font-family:sans-serif;max-width:24rem;margin:6rem auto;color:#222}}
-label{{display:block;margin:.8rem 0 .2rem}}input{{width:100%;padding:.5rem;font-size:1rem;box-sizing:border-box}}
-button{{margin-top:1.2rem;padding:.6rem 1.2rem;font-size:1rem}}.err{{color:#b00020}}</style></head>
-<body><h1>Research notebooks</h1>{body}</body></html>"""
+# The console's look (Streamlit's light theme: its font stack, its red primary), and its favicon.
+FAVICON = (
+    "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 32 32'%3E%3Crect width='32' "
+    "height='32' rx='6' fill='%23ff4b4b'/%3E%3Cpath d='M9 8h10l4 4v12H9z' fill='white'/%3E%3C/svg%3E"
+)
+_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} · Research notebooks</title><link rel="icon" href="{favicon}">
+<style>
+body{{margin:0;background:#fff;color:#31333f;
+font-family:"Source Sans Pro","Source Sans 3",-apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,sans-serif}}
+main{{max-width:26rem;margin:5rem auto;padding:0 1rem}}
+h1{{font-weight:700;font-size:2.4rem;margin:0 0 .3rem}}
+.sub{{color:#808495;margin:0 0 1.6rem}}
+.card{{border:1px solid rgba(49,51,63,.2);border-radius:.5rem;padding:1.2rem 1.4rem}}
+label{{display:block;margin:.8rem 0 .3rem;font-size:.9rem}}
+input{{width:100%;padding:.55rem .7rem;font:inherit;border:1px solid #d0d3da;border-radius:.5rem;
+box-sizing:border-box;background:#f0f2f6}}
+input:focus{{outline:2px solid #ff4b4b;border-color:#ff4b4b}}
+button{{margin-top:1.2rem;padding:.5rem 1.1rem;font:inherit;border-radius:.5rem;border:1px solid #ff4b4b;
+background:#ff4b4b;color:#fff;cursor:pointer}}
+button:hover{{background:#ff2b2b}}a{{color:#ff4b4b}}
+.err{{background:#ffecec;color:#7d353b;border-radius:.5rem;padding:.7rem .9rem}}
+</style></head>
+<body><main><h1>Research notebooks</h1><p class="sub">JupyterLab for research, one click away.</p>
+<div class="card">{body}</div></main></body></html>"""
 
 _LOGIN_FORM = """{error}<form method="post" action="/login">
 <input type="hidden" name="next" value="{next}">
@@ -158,7 +179,8 @@ _LOGOUT_FORM = """<p>Log out of the console? Open notebooks lose their access to
 
 
 def page(title: str, body: str, status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
-    return HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status_code=status, headers=headers)
+    text = _PAGE.format(title=html.escape(title), body=body, favicon=FAVICON)
+    return HTMLResponse(text, status_code=status, headers=headers)
 
 
 def message_page(title: str, text: str, status: int) -> HTMLResponse:
@@ -227,6 +249,7 @@ class Console:
             Route("/logout", self.logout_get, methods=["GET"]),
             Route("/logout", self.logout_post, methods=["POST"]),
             Route("/_nbl/authorize", self.authorize, methods=["GET"]),
+            Route("/_nbl/files", self.files, methods=["GET"]),
         ]
 
     # -- audit --------------------------------------------------------------------------------
@@ -453,6 +476,49 @@ class Console:
             return message_page("Open notebook", exc.user_message, status)
         event(log, "console.open_code", user=shown_name(resolved.actor.name), sid=params.get("sid", "")[:12])
         return RedirectResponse(url, status_code=303, headers={"Referrer-Policy": "no-referrer"})
+
+
+    # -- the owner's workspace files (only where the workspace is local to this console) ----------
+    async def files(self, request: Request) -> Response:
+        """``?path=<relative>``: one file of the logged-in user's workspace; ``?archive=1``: all of it as a zip."""
+        try:
+            return await run_in_threadpool(self._files, request.cookies, dict(request.query_params))
+        except redis.RedisError as exc:
+            log.error("console.files_unavailable error=%s", type(exc).__name__)
+            return message_page("Files", "The launcher is not reachable right now; try again shortly.", 503)
+
+    def _files(self, cookies: dict[str, str], params: dict[str, str]) -> Response:
+        from launcher.models import Permission
+        from launcher.rbac import authorize
+        from ui import workspace
+
+        resolved = resolve(self.settings, self.logins, cookies)
+        actor = resolved.actor
+        if actor is None or not authorize(actor, Permission.LAUNCH_NOTEBOOKS):
+            return message_page("Files", "Log in to the console to download your files.", 403)
+        root = workspace.workspace_root(self.settings, actor.name)
+        if root is None:
+            return message_page("Files", "Your workspace is not on this console's machine: use JupyterLab.", 404)
+        try:
+            if params.get("archive") == "1":
+                handle = workspace.archive(root)
+                name, media = f"{actor.name}-workspace.zip", "application/zip"
+            else:
+                handle, _size = workspace.open_file(root, params.get("path", ""))
+                name, media = params["path"].rsplit("/", 1)[-1], "application/octet-stream"
+        except LauncherError as exc:
+            status = {InvalidRequest: 400, NotFound: 404}.get(type(exc), 413)
+            return message_page("Files", exc.user_message, status)
+        event(log, "console.download", user=shown_name(actor.name), what="archive" if "archive" in params else "file")
+        quoted = quote(name, safe="")
+        headers = {"Content-Disposition": f"attachment; filename*=UTF-8''{quoted}", "Cache-Control": "no-store"}
+
+        def chunks() -> Any:
+            with handle:
+                while chunk := handle.read(1 << 16):
+                    yield chunk
+
+        return StreamingResponse(chunks(), media_type=media, headers=headers)
 
 
 def console_routes(settings: Settings, client: redis.Redis | None = None) -> list[Route]:

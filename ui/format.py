@@ -20,6 +20,11 @@ def ago(delta: timedelta | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 session``, ``2 sessions``, ``0 sessions``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def clock(when: datetime | None) -> str:
     return when.strftime("%Y-%m-%d %H:%M UTC") if when else "-"
 

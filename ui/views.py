@@ -1,33 +1,86 @@
 """What the console's pages render. They call the launcher service; they hold no state of their own.
 
 Everything a page shows is read from Redis through the service on each run, so reloads, new tabs
-and console restarts lose nothing.
+and console restarts lose nothing. What this browser tab alone remembers (an error not yet dismissed,
+a stop being confirmed) lives in ``st.session_state``.
+
+Polling: while a launch or a stop is in flight the panel refreshes every ``FAST`` (each change shows
+within half a second); otherwise every ``SLOW``. A fragment's interval is fixed when it is drawn, so
+there are two fragments, and a fragment that sees the other kind of state redraws the page once.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+import csv
+import html
+import io
+import os
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import streamlit as st
 
-from launcher.errors import LauncherError
-from launcher.models import Actor, Permission, Reason, SessionStatus, utcnow
+from launcher.errors import Conflict, LauncherError
+from launcher.models import Actor, Permission, Reason, SessionStatus, WorkspaceUsage, utcnow
 from launcher.service import LauncherService
 from launcher.settings import Settings
-from launcher.views import REASON_TEXT, SessionView
+from launcher.views import PHASES, REASON_TEXT, SessionView, progress, scrub
 from ui.auth import csrf_token
 from ui.context import allowed_actor
-from ui.format import ago, audit_rows, session_rows
+from ui.format import ago, audit_rows, plural, session_rows
 
-REFRESH = timedelta(seconds=2)
+FAST = timedelta(seconds=0.3)
+SLOW = timedelta(seconds=5)
+ADMIN_REFRESH = timedelta(seconds=3)
+IN_FLIGHT = frozenset({SessionStatus.QUEUED, SessionStatus.STARTING, SessionStatus.STOPPING})
+
+
+# -- time in the browser's zone -------------------------------------------------------------------------
+
+
+def browser_zone() -> ZoneInfo | None:
+    """The browser's time zone (``st.context.timezone``), or None when it did not say."""
+    name = st.context.timezone
+    if not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def local(when: datetime | None, with_date: bool = False) -> str:
+    """A time as the person reads it: in their browser's zone (UTC when unknown), with the zone's name."""
+    if when is None:
+        return "-"
+    zone = browser_zone()
+    shown = when.astimezone(zone) if zone else when
+    label = shown.tzname() if zone else "UTC"
+    return shown.strftime(f"{'%Y-%m-%d ' if with_date else ''}%H:%M {label}")
+
+
+# -- errors that stay until dismissed or resolved -------------------------------------------------------
+
+
+def _words(exc: LauncherError) -> str:
+    """A launcher error worded for the person who clicked (no internal ids, not their own name back)."""
+    if isinstance(exc, Conflict) and "already has a live notebook" in exc.user_message:
+        return "You already have a notebook starting or running (perhaps from another tab): it is shown below."
+    return exc.user_message[:1].upper() + exc.user_message[1:]
+
+
+def _error(message: str) -> None:
+    errors: list[str] = st.session_state.setdefault("errors", [])
+    if message not in errors:
+        errors.append(message)
 
 
 def _run(action, *args, **kwargs):
-    """Call the service; show a launcher error to the person instead of a traceback."""
+    """Call the service; show a launcher error to the person (until dismissed) instead of a traceback."""
     try:
         return action(*args, **kwargs)
     except LauncherError as exc:
-        st.session_state["flash"] = exc.user_message
+        _error(_words(exc))
         return None
 
 
@@ -35,7 +88,7 @@ def _act(service: LauncherService, permission: Permission, method: str, *args, *
     """A button's action, run as the user this browser is logged in as now, not when the button was drawn."""
     actor = allowed_actor(service, permission)
     if actor is None:
-        st.session_state["flash"] = "You are signed out, or your role no longer allows this."
+        _error("You are signed out, or your role no longer allows this.")
         return None
     return _run(getattr(service, method), actor, *args, **kwargs)
 
@@ -48,10 +101,25 @@ def _current_or_rerun(service: LauncherService, permission: Permission) -> Actor
     return actor
 
 
-def _flash() -> None:
-    message = st.session_state.pop("flash", None)
-    if message:
-        st.error(message)
+def _dismiss(message: str) -> None:
+    errors: list[str] = st.session_state.get("errors", [])
+    if message in errors:
+        errors.remove(message)
+
+
+def _errors(resolved_key: str) -> None:
+    """The errors of this tab, each with a Dismiss button; they go away by themselves when what they
+    were about changed (``resolved_key``: the session, and whether it is live)."""
+    if st.session_state.get("errors-key") != resolved_key:
+        st.session_state["errors-key"] = resolved_key
+        if st.session_state.pop("errors-hold", False):
+            pass  # raised while the state was changing: kept one more change
+        else:
+            st.session_state["errors"] = []
+    for i, message in enumerate(list(st.session_state.get("errors", []))):
+        text, button = st.columns([5, 1], vertical_alignment="center")
+        text.error(message, icon=":material/error:")
+        button.button("Dismiss", key=f"dismiss-{i}", on_click=_dismiss, args=(message,))
 
 
 # -- login ------------------------------------------------------------------------------------------
@@ -95,35 +163,93 @@ def notebooks(service: LauncherService, actor: Actor) -> None:
         "JupyterLab in an isolated container: research data read-only at /data, your workspace in "
         "~/work, the research library importable, no network."
     )
-    _notebooks_live(service)
-
-
-@st.fragment(run_every=REFRESH)
-def _notebooks_live(service: LauncherService) -> None:
-    actor = _current_or_rerun(service, Permission.LAUNCH_NOTEBOOKS)
-    _flash()
     view = _run(service.my_notebook, actor)
+    if view is not None and view.status in IN_FLIGHT or st.session_state.get("launching"):
+        _notebooks_fast(service)
+    else:
+        _notebooks_slow(service)
+
+
+@st.fragment(run_every=FAST)
+def _notebooks_fast(service: LauncherService) -> None:
+    _notebooks_live(service, fast=True)
+
+
+@st.fragment(run_every=SLOW)
+def _notebooks_slow(service: LauncherService) -> None:
+    _notebooks_live(service, fast=False)
+
+
+def _notebooks_live(service: LauncherService, fast: bool) -> None:
+    actor = _current_or_rerun(service, Permission.LAUNCH_NOTEBOOKS)
+    view = _run(service.my_notebook, actor)
+    in_flight = view is not None and view.status in IN_FLIGHT
+    launching = st.session_state.get("launching")
+    if launching and (in_flight or (view is not None and view.id == launching) or view is None):
+        st.session_state.pop("launching", None)  # the launch shows in the record now (or it was refused)
+        launching = None
+    if in_flight != fast and not launching:
+        st.rerun(scope="app")  # the other polling speed
+    _errors(f"{view.id}:{'live' if view.live else 'ended'}" if view is not None else "none")
     if view is not None and view.live:
-        _session_panel(service, view)
+        with st.container(key=f"panel-{view.id}"):
+            _session_panel(service, view)
         _workspace(view)
+        if view.status == SessionStatus.RUNNING:
+            _files(service, actor)
         return
     if view is not None:
-        _last_session_note(view)
+        _last_session_note(service, actor, view)
         _workspace(view)
     _template_cards(service)
+    if view is not None:
+        _files(service, actor)
 
 
-def _last_session_note(view: SessionView) -> None:
+def _told(view_id: str) -> None:
+    st.session_state.setdefault("told", set()).add(view_id)
+
+
+def _last_session_note(service: LauncherService, actor: Actor, view: SessionView) -> None:
+    """How the last session ended, told once (per user, across tabs), kept in this tab until dismissed."""
+    shown: dict[str, str] = st.session_state.setdefault("notice", {})
+    told = view.id in shown or view.id in st.session_state.get("told", set())
+    if not told and _run(service.unseen_end, actor, view):
+        shown[view.id] = "show"
+    if view.id not in shown:
+        return
+    box = st.container(border=True, key="last-session")
+    when = local(view.stopped_at, with_date=True)
     if view.status == SessionStatus.ERROR:
-        st.error(f"Your last notebook ({view.template.title}) ended with an error: {view.error or view.ended_because}")
+        reason = (view.error or view.ended_because).rstrip(".")
+        if view.start_log:  # its log is right here (and the container is gone): no need to ask for docker logs
+            reason = reason.split("; an operator can read its log")[0]
+        box.error(
+            f"Your {view.template.title} notebook did not start ({when}): {reason}.",
+            icon=":material/error:",
+        )
+        if view.start_log:
+            box.caption("The last lines it printed while starting (secrets hidden):")
+            box.code(view.start_log, language=None)
+        box.caption("Launch again below; if it fails again, send this message to an administrator.")
     elif view.ended_because and view.ended_because != REASON_TEXT[Reason.USER]:
-        st.info(f"Your last notebook ({view.template.title}) stopped because {view.ended_because}.")
+        box.info(f"Your {view.template.title} notebook stopped at {when} because {view.ended_because}.")
+        box.caption("Files you saved in ~/work are kept; start a notebook again below.")
+    else:
+        shown.pop(view.id, None)
+        return
+    box.button("Dismiss", key="dismiss-notice", on_click=lambda: (shown.pop(view.id, None), _told(view.id)))
 
 
 def _workspace(view: SessionView) -> None:
     usage = view.workspace
     if usage is None or not usage.limit_bytes:
         return
+    with st.container(key="workspace"):  # its own block: never a reused launch progress bar (no flicker)
+        _workspace_bar(view, usage)
+
+
+def _workspace_bar(view: SessionView, usage: WorkspaceUsage) -> None:
     text = f"Workspace: {usage.used_bytes / 2**30:.2f} GB of {usage.limit_bytes / 2**30:.1f} GB"
     st.progress(min(1.0, usage.fraction), text=text)
     if usage.over and not usage.enforced:
@@ -132,9 +258,71 @@ def _workspace(view: SessionView) -> None:
         st.warning("Your workspace is almost full: when it is full, saving files in JupyterLab fails.")
 
 
+_FILE_ROW = '<tr><td><a href="/_nbl/files?{query}" download>{name}</a></td><td>{size}</td><td>{when}</td></tr>'
+_FILE_TABLE = (
+    '<table class="nbl-files" style="width:100%;border-collapse:collapse;font-size:.9rem">'
+    '<tr style="text-align:left"><th>File</th><th>Size</th><th>Modified</th></tr>{rows}</table>'
+)
+FILES_SHOWN = 50
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _files(service: LauncherService, actor: Actor) -> None:
+    """The user's workspace files with download links (served by the console's /_nbl/files route)."""
+    from urllib.parse import urlencode
+
+    from ui import workspace
+
+    with st.expander("Your files in ~/work", expanded=False):
+        root = workspace.workspace_root(service.settings, actor.name)
+        if root is None:
+            st.caption(
+                "Your workspace is on the notebook host, not on this console's machine: open JupyterLab to "
+                "see and download your files (right-click a file, Download)."
+            )
+            return
+        entries, more = workspace.list_files(root)
+        if not entries:
+            st.caption("Your workspace is empty.")
+            return
+        rows = "".join(
+            _FILE_ROW.format(
+                query=html.escape(urlencode({"path": e.path})),
+                name=html.escape(e.path),
+                size=_size(e.size),
+                when=html.escape(local(e.modified, with_date=True)),
+            )
+            for e in entries[:FILES_SHOWN]
+        )
+        st.html(_FILE_TABLE.format(rows=rows))
+        hidden = len(entries) - FILES_SHOWN
+        if hidden > 0 or more:
+            st.caption(f"…and {'more than ' if more else ''}{plural(max(hidden, 0), 'more file')} not listed here.")
+        st.html('<a href="/_nbl/files?archive=1" download>Download the whole workspace (.zip)</a>')
+
+
+def _launch(service: LauncherService, name: str) -> None:
+    st.session_state["errors"] = []
+    st.session_state["errors-hold"] = True
+    session = _act(service, Permission.LAUNCH_NOTEBOOKS, "launch", name)
+    if session is not None:
+        st.session_state["launching"] = session.id
+        _run(service.store.mark_notice, session.user, "live", session.id)
+
+
 def _template_cards(service: LauncherService) -> None:
-    st.subheader("Start a notebook")
+    st.subheader("Start a notebook", anchor=False)
     templates = service.template_views()
+    if not templates:
+        st.info("No notebook templates are installed yet. Ask an administrator.")
+        return
     columns = st.columns(max(1, len(templates)))
     for column, info in zip(columns, templates, strict=False):
         with column.container(border=True):
@@ -142,71 +330,178 @@ def _template_cards(service: LauncherService) -> None:
             st.write(info.description)
             if info.data:
                 st.caption(f"Reads: {info.data}")
-            st.button(
-                "Launch",
-                key=f"launch-{info.name}",
-                type="primary",
-                on_click=_act,
-                args=(service, Permission.LAUNCH_NOTEBOOKS, "launch", info.name),
-            )
+            st.button("Launch", key=f"launch-{info.name}", type="primary", on_click=_launch, args=(service, info.name))
+
+
+def _phase_list(step: int) -> str:
+    marks = []
+    for i, name in enumerate(PHASES):
+        mark = ":material/check_circle:" if i < step else ":material/radio_button_unchecked:"
+        if i == step:
+            mark = ":material/check_circle:" if step == len(PHASES) - 1 else ":material/pending:"
+        marks.append(f"{mark} {'**' + name + '**' if i == step else name}")
+    return " &nbsp; ".join(marks)
 
 
 def _session_panel(service: LauncherService, view: SessionView) -> None:
-    st.subheader(view.template.title)
-    if view.status == SessionStatus.QUEUED:
+    st.subheader(view.template.title, anchor=False)
+    now = utcnow()
+    if view.status in (SessionStatus.QUEUED, SessionStatus.STARTING):
+        p = progress(view, now, service.typical_launch_time())
+        usual = f"; launches usually take about {ago(p.typical)}" if p.typical else ""
+        st.progress(p.fraction, text=f"{p.label}… {ago(p.elapsed)} so far{usual}")
+        st.markdown(_phase_list(p.step))
         if view.no_worker_yet:
             st.error(
-                f"No worker has picked up this launch for {view.waited.total_seconds():.0f} s: the worker for host "
-                f"'{view.host}' may be down. Ask an operator, or cancel and try again later."
+                f"No worker has picked up this launch for {view.waited.total_seconds():.0f} s: the worker for this "
+                "host may be down. Ask an administrator, or cancel and try again later."
             )
-        else:
-            st.info(f"Queued (position {view.queue_position or 1} on host {view.host}), waiting for a worker…")
-    elif view.status == SessionStatus.STARTING:
-        st.info(f"Starting: {view.phase or 'preparing'}…")
     elif view.status == SessionStatus.STOPPING:
-        st.info("Stopping…")
+        st.progress(0.5, text="Stopping… the container is being removed; your saved files stay in ~/work.")
     elif view.status == SessionStatus.RUNNING:
-        st.success("Running")
+        st.progress(1.0, text=f"Ready: started in {ago(view.started_at - view.created_at) if view.started_at else '-'}")
         if view.open_url:
             st.link_button("Open JupyterLab", view.open_url, type="primary")
-        now = utcnow()
+            st.caption(f"Opens {view.template.name}.ipynb in JupyterLab, in a new tab.")
         a, b, c = st.columns(3)
-        a.metric("Started", view.started_at.strftime("%H:%M UTC") if view.started_at else "-")
-        b.metric("Last activity", f"{ago(now - view.last_activity_at)} ago" if view.last_activity_at else "-")
+        a.metric("Started", local(view.started_at))
+        b.metric(
+            "Last activity",
+            f"{ago(now - view.last_activity_at)} ago" if view.last_activity_at else "-",
+            help=(
+                f"Measured by the notebook host every {ago(timedelta(seconds=service.settings.heartbeat_interval_s))}: "
+                "what you did in JupyterLab just now can take that long to show here."
+            ),
+        )
         c.metric("Stops when idle in", ago(view.time_left))
         if view.reap_warning:
-            st.warning(f"This notebook will be stopped in {ago(view.time_left)}. Keep it running?")
+            st.warning(
+                f"This notebook will be stopped in {ago(view.time_left)} because it looks idle. "
+                "Unsaved work in JupyterLab would be lost. Keep it running?",
+                icon=":material/timer:",
+            )
             st.button(
                 "Keep running",
                 key="keepalive",
+                type="primary",
                 on_click=_act,
                 args=(service, Permission.LAUNCH_NOTEBOOKS, "keep_alive"),
             )
-    if view.status != SessionStatus.STOPPING:
-        label = "Cancel" if view.status == SessionStatus.QUEUED else "Stop"
-        st.button(label, key="stop", on_click=_act, args=(service, Permission.LAUNCH_NOTEBOOKS, "stop"))
+    if view.status == SessionStatus.STOPPING:
+        return
+    if view.status == SessionStatus.QUEUED:
+        st.button("Cancel", key="stop", on_click=_act, args=(service, Permission.LAUNCH_NOTEBOOKS, "stop"))
+    elif st.session_state.get("confirm-stop") == view.id:
+        st.warning(
+            "Stop this notebook? Its kernels end and anything not saved in JupyterLab is lost; files saved "
+            "in ~/work are kept. An open JupyterLab tab then shows that the notebook has stopped.",
+            icon=":material/warning:",
+        )
+        yes, no, _ = st.columns([1, 1, 4])
+        yes.button("Yes, stop it", key="stop-yes", type="primary", on_click=_confirmed_stop, args=(service,))
+        no.button("Keep it running", key="stop-no", on_click=lambda: st.session_state.pop("confirm-stop", None))
+    else:
+        st.button("Stop…", key="stop", on_click=lambda: st.session_state.update({"confirm-stop": view.id}))
+
+
+def _confirmed_stop(service: LauncherService) -> None:
+    st.session_state.pop("confirm-stop", None)
+    _act(service, Permission.LAUNCH_NOTEBOOKS, "stop")
 
 
 # -- admin ------------------------------------------------------------------------------------------
 
+AUDIT_SPANS = {
+    "Last hour": timedelta(hours=1),
+    "Last day": timedelta(days=1),
+    "Last week": timedelta(days=7),
+    "All": None,
+}
+
 
 def admin(service: LauncherService, actor: Actor) -> None:
     st.title("Notebook sessions")
+    flower = f"http://{service.settings.flower_listen}"
+    st.caption(f"Task queue: [Flower]({flower}) (operator login) shows the Celery workers and their tasks.")
     _admin_sessions(service)
+    _host_load(service)
+    _failed_starts(service, actor)
     st.subheader("Audit trail")
-    who = st.text_input("Filter by user", key="audit-user").strip().lower() or None
-    events = _run(service.audit, actor, user=who, limit=200) or []
-    st.dataframe(audit_rows(events), hide_index=True, use_container_width=True)
+    who, why, span = st.columns(3)
+    user = who.text_input("User", key="audit-user", placeholder="any user").strip().lower() or None
+    reasons = why.multiselect("Reason", [r.value for r in Reason], key="audit-reason", placeholder="any reason")
+    window = span.selectbox("Time", list(AUDIT_SPANS), index=1, key="audit-span")
+    _audit(service, user, tuple(reasons), window)
 
 
-@st.fragment(run_every=REFRESH)
+@st.fragment(run_every=ADMIN_REFRESH)
+def _audit(service: LauncherService, user: str | None, reasons: tuple[str, ...], window: str) -> None:
+    actor = _current_or_rerun(service, Permission.MANAGE_NOTEBOOKS)
+    events = _run(service.audit, actor, user=user, limit=500) or []
+    since = AUDIT_SPANS.get(window)
+    if since is not None:
+        events = [e for e in events if e.time >= utcnow() - since]
+    if reasons:
+        events = [e for e in events if e.reason in reasons]
+    if not events:
+        st.info("No audit events match these filters.")
+        return
+    rows = audit_rows(events)
+    zone = browser_zone()
+    for row, e in zip(rows, events, strict=True):
+        row["time"] = (e.time.astimezone(zone) if zone else e.time).strftime("%Y-%m-%d %H:%M:%S")
+    st.caption(f"{plural(len(rows), 'event')}, newest first; times in {zone.key if zone else 'UTC'}")
+    st.dataframe(rows, hide_index=True, use_container_width=True)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    st.download_button("Download CSV", out.getvalue(), file_name="notebook-audit.csv", mime="text/csv", key="audit-csv")
+
+
+def _host_load(service: LauncherService) -> None:
+    """The load of the machine the console runs on (the Docker host too in a one-host installation)."""
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:
+        return
+    cores = os.cpu_count() or 1
+    where = (
+        "this host (the console and the notebooks share it)"
+        if service.settings.workspaces_dir.is_dir()
+        else "the console's host (notebooks run elsewhere)"
+    )
+    st.caption(f"Load on {where}: {one:.2f} (1 min), {five:.2f} (5 min) on {plural(cores, 'core')}.")
+
+
+def _failed_starts(service: LauncherService, actor: Actor) -> None:
+    """The recent failed starts with their reason and start log (secrets hidden)."""
+    recent = _run(service.list_sessions, actor, live_only=False) or []
+    failed = [s for s in recent if s.status == SessionStatus.ERROR][:5]
+    if not failed:
+        return
+    st.subheader("Recent failed starts")
+    for s in failed:
+        with st.expander(f"{s.user} · {s.template} · {local(s.stopped_at, with_date=True)}: {s.error or 'failed'}"):
+            if s.start_log:
+                st.code(scrub(s.start_log), language=None)
+            else:
+                st.caption("The container printed nothing (it may not have been created).")
+
+
+@st.fragment(run_every=ADMIN_REFRESH)
 def _admin_sessions(service: LauncherService) -> None:
     actor = _current_or_rerun(service, Permission.MANAGE_NOTEBOOKS)
-    _flash()
+    _errors("admin")
     sessions = _run(service.session_views, actor) or []
-    st.caption(f"{len(sessions)} live of at most {service.settings.max_sessions}")
-    st.dataframe(session_rows(sessions), hide_index=True, use_container_width=True)
+    st.caption(f"{plural(len(sessions), 'live session')} of at most {service.settings.max_sessions}")
     if sessions:
+        zone = browser_zone()
+        rows = session_rows(sessions)
+        for row, s in zip(rows, sessions, strict=True):
+            for key, when in (("started", s.started_at), ("last activity", s.last_activity_at)):
+                row[key] = (when.astimezone(zone) if zone else when).strftime("%H:%M:%S") if when else "-"
+        st.dataframe(rows, hide_index=True, use_container_width=True)
         choice = st.selectbox(
             "Session",
             [s.id for s in sessions],
@@ -222,6 +517,8 @@ def _admin_sessions(service: LauncherService) -> None:
             args=(service, Permission.MANAGE_NOTEBOOKS, "stop"),
             kwargs={"session_id": choice},
         )
+    else:
+        st.info("No notebook is running or starting.")
     _stop_all(service, actor, len(sessions))
 
 
@@ -237,21 +534,22 @@ def _do_stop_all(service: LauncherService) -> None:
 
 
 def _stop_all(service: LauncherService, actor: Actor, live: int) -> None:
-    if st.session_state.get("confirm-stop-all"):
-        st.warning(f"Stop all {live} live sessions? Their users lose unsaved work.")
+    if st.session_state.get("confirm-stop-all") and live:
+        which = "the 1 live session" if live == 1 else f"all {live} live sessions"
+        st.warning(f"Stop {which}? Their users lose unsaved work; files saved in ~/work are kept.")
         yes, no = st.columns(2)
         yes.button("Yes, stop all", key="stop-all-yes", type="primary", on_click=_do_stop_all, args=(service,))
         no.button("Cancel", key="stop-all-no", on_click=lambda: st.session_state.update({"confirm-stop-all": False}))
-    else:
-        st.button("Stop all sessions…", key="stop-all", disabled=live == 0, on_click=_ask_stop_all)
+    elif live:
+        st.button("Stop all sessions…", key="stop-all", on_click=_ask_stop_all)
     batch = st.session_state.get("stop-all-batch")
-    progress = _run(service.stop_all_progress, actor, batch) if batch else None
-    if progress is not None:
-        if progress.finished:
-            st.success(f"Stop all finished: {progress.done} of {progress.total} stopped.")
+    progress_ = _run(service.stop_all_progress, actor, batch) if batch else None
+    if progress_ is not None:
+        if progress_.finished:
+            st.success(f"Stop all finished: {progress_.done} of {plural(progress_.total, 'session')} stopped.")
         else:
-            fraction = progress.done / progress.total if progress.total else 0.0
-            st.progress(fraction, text=f"Stopping all sessions: {progress.done} of {progress.total}")
+            fraction = progress_.done / progress_.total if progress_.total else 0.0
+            st.progress(fraction, text=f"Stopping all sessions: {progress_.done} of {progress_.total}")
 
 
 # -- viewer -----------------------------------------------------------------------------------------

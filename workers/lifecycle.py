@@ -48,7 +48,8 @@ class WorkerContext:
 
 
 def retrying(action: Callable[[], T], until: float, what: str) -> T:
-    """Run ``action``, retrying with backoff while the engine is unreachable, until ``until`` (monotonic)."""
+    """Run ``action``, retrying with backoff while the engine or the session store is unreachable (both raise
+    ``RuntimeUnavailable``), until ``until`` (monotonic)."""
     delay = BACKOFF_FIRST_S
     while True:
         try:
@@ -68,11 +69,17 @@ def _until(session: Session, deadline_s: float) -> float:
 
 
 def discard(ctx: WorkerContext, session_id: str, user: str | None) -> None:
-    """Remove what a session left on this host: container, session folder, workspace mount."""
-    ctx.runtime.stop(container_name(ctx.settings, session_id), timeout=0)
-    hostfs.remove_rundir(ctx.settings, session_id)
-    if user:
-        quota.detach(ctx.settings, user)
+    """Remove what a session left on this host: container, session folder, workspace mount.
+
+    The folder and the mount go even when the engine is unreachable (the error is raised after): a start that
+    failed before its container existed leaves nothing for reconcile to find, and so nothing to clean up later.
+    """
+    try:
+        ctx.runtime.stop(container_name(ctx.settings, session_id), timeout=0)
+    finally:
+        hostfs.remove_rundir(ctx.settings, session_id)
+        if user:
+            quota.detach(ctx.settings, user)
 
 
 def clean_up(ctx: WorkerContext, session_id: str, user: str | None) -> None:
@@ -111,17 +118,17 @@ def start(ctx: WorkerContext, session_id: str) -> Session | None:
         handle = retrying(lambda: ctx.runtime.start(spec), until, "start")
         timings["container"] = time.monotonic() - t0 - timings["prepare"]
         phase = SetPhase(by=ctx.by, reason=Reason.START, phase="waiting for Jupyter", container_id=handle.id)
-        ctx.store.apply(session_id, phase)
+        retrying(lambda: ctx.store.apply(session_id, phase), until, "record the phase")  # Redis may be restarting
         timings["jupyter"] = wait_ready(
             hostfs.socket_path(ctx.settings, session_id),
             session.token.get_secret_value(),
             timeout=min(ctx.settings.start_timeout_s, max(1.0, until - time.monotonic())),
-            still_alive=lambda: ctx.runtime.state(handle.name) == ContainerState.RUNNING,
+            still_alive=lambda: _still_running(ctx, handle.name),
         )
         hostfs.lock_socket(ctx.settings, session_id)
         hostfs.retire_secret(ctx.settings, session_id)
         ready = MarkRunning(by=ctx.by, reason=Reason.READY, url=ctx.settings.session_origin(session_id))
-        session = ctx.store.apply(session_id, ready)
+        session = retrying(lambda: ctx.store.apply(session_id, ready), until, "record running")
     except Conflict:
         # The state moved under us. A stop that arrived mid-start wins: remove what this start made.
         # But if another delivery of this same start finished first (running), its container is ours
@@ -129,6 +136,8 @@ def start(ctx: WorkerContext, session_id: str) -> Session | None:
         current = ctx.store.get(session_id)
         if current is None or current.status not in (SessionStatus.RUNNING, SessionStatus.STARTING):
             clean_up(ctx, session_id, fields["user"])
+        elif current.status == SessionStatus.RUNNING:  # this delivery may have rewritten the secret file
+            hostfs.retire_secret(ctx.settings, session_id)
         event(log, "session.start_superseded", **fields, status=current.status.value if current else "gone")
         return current
     except LauncherError as exc:
@@ -147,15 +156,56 @@ def start(ctx: WorkerContext, session_id: str) -> Session | None:
     return session
 
 
+def _still_running(ctx: WorkerContext, name: str) -> bool:
+    """Whether a starting container still runs. While the engine is unreachable the answer is unknown and counts
+    as yes: the readiness wait goes on (bounded by the starting deadline) instead of failing on a Docker blip."""
+    try:
+        return ctx.runtime.state(name) == ContainerState.RUNNING
+    except RuntimeUnavailable as exc:
+        event(log, "runtime.unknown", level=logging.WARNING, what="still running", name=name, error=exc.log_message)
+        return True
+
+
 def _fail_start(
     ctx: WorkerContext, session_id: str, user_message: str, log_message: str, fields: dict[str, Any]
 ) -> Session | None:
     """The end state first (error, with a reason the user can read), then the clean-up."""
     event(log, "session.start_failed", level=logging.WARNING, **fields, error=log_message)
+    start_log = _start_log(ctx, session_id)  # before the clean-up removes the container
     ended = fail(ctx.store, None, session_id, ctx.by, Reason.START_FAILED, user_message, starting_only=True)
+    if ended is not None and ended.status == SessionStatus.ERROR and start_log:
+        ended = _keep_start_log(ctx, session_id, start_log) or ended
     if ended is None or ended.status != SessionStatus.RUNNING:  # never remove what a winning delivery runs
         clean_up(ctx, session_id, fields.get("user"))
     return ended
+
+
+START_LOG_LINES = 40
+
+
+def _start_log(ctx: WorkerContext, session_id: str) -> str:
+    """The last lines of a failing start's container output, secrets scrubbed ("" when there is none)."""
+    from launcher.views import scrub
+
+    try:
+        text = ctx.runtime.logs(container_name(ctx.settings, session_id), tail=START_LOG_LINES)
+        session = ctx.store.get(session_id)
+    except Exception as exc:  # noqa: BLE001 - the log is a courtesy; the failure must still be recorded
+        event(log, "session.start_log_unavailable", level=logging.WARNING, session_id=session_id, error=repr(exc)[:200])
+        return ""
+    secrets = [session.token.get_secret_value()] if session is not None else []
+    return scrub(text, secrets)
+
+
+def _keep_start_log(ctx: WorkerContext, session_id: str, text: str) -> Session | None:
+    """Store the scrubbed start log on the ended session (best effort)."""
+    from launcher.transitions import RecordStartLog
+
+    try:
+        return ctx.store.apply(session_id, RecordStartLog(by=ctx.by, reason=Reason.START_FAILED, text=text))
+    except (LauncherError, Conflict) as exc:
+        event(log, "session.start_log_not_kept", level=logging.WARNING, session_id=session_id, error=str(exc)[:200])
+        return None
 
 
 def stop(ctx: WorkerContext, session_id: str) -> Session | None:

@@ -25,6 +25,8 @@ import requests
 from launcher.errors import RuntimeUnavailable, StartFailed
 from launcher.spec import LABEL_PREFIX
 
+LOG_MAX_BYTES = 8192  # a start log kept for people: the tail, never the whole output
+
 
 class ContainerState(StrEnum):
     CREATED = "created"
@@ -59,6 +61,7 @@ class Runtime(Protocol):
     def state(self, name: str) -> ContainerState: ...
     def stop(self, name: str, timeout: int = 10) -> None: ...
     def list_managed(self, instance: str) -> list[ManagedContainer]: ...
+    def logs(self, name: str, tail: int = 40) -> str: ...
 
 
 def _state_of(attrs: dict[str, Any]) -> ContainerState:
@@ -157,6 +160,15 @@ class DockerRuntime:
             for c in containers
         ]
 
+    def logs(self, name: str, tail: int = 40) -> str:
+        """The last ``tail`` lines (at most ``LOG_MAX_BYTES``) of a container's output; "" when it is gone."""
+        with _docker_errors():
+            try:
+                raw = self._client.containers.get(name).logs(stdout=True, stderr=True, tail=max(1, tail))
+            except docker.errors.NotFound:
+                return ""
+        return bytes(raw)[-LOG_MAX_BYTES:].decode("utf-8", errors="replace")
+
     def stats_memory(self, name: str) -> int | None:
         """Current memory usage in bytes as the cgroup reports it (for benchmarks)."""
         with _docker_errors():
@@ -181,6 +193,7 @@ class FakeRuntime:
 
     def __init__(self) -> None:
         self.containers: dict[str, _FakeContainer] = {}
+        self.output: dict[str, str] = {}  # what a container "printed", by name
         self.fail_next_start: Exception | None = None
         self._lock = threading.Lock()
         self._seq = 0
@@ -214,3 +227,7 @@ class FakeRuntime:
             for c in self.containers.values()
             if c.labels.get(f"{LABEL_PREFIX}.instance") == instance
         ]
+
+    def logs(self, name: str, tail: int = 40) -> str:
+        lines = self.output.get(name, "").splitlines()[-max(1, tail) :]
+        return "\n".join(lines)[-LOG_MAX_BYTES:]
