@@ -95,3 +95,20 @@ def test_stop_during_start_removes_what_the_start_made(ctx, monkeypatch):
     result = lifecycle.start(ctx, s.id)
     assert result.status == SessionStatus.STOPPING
     assert ctx.runtime.containers == {}
+
+
+def test_a_copy_of_a_start_in_flight_returns_at_once(ctx, monkeypatch):
+    """A start resent while the same start still runs in this worker (a sweep resend during an outage)
+    returns at once instead of taking a second worker thread into the same retry loop."""
+    s = reserve(ctx)
+    seen = []
+
+    def copy_arrives(*args, **kwargs):
+        seen.append(lifecycle.start(ctx, s.id))  # the resend, while the first is waiting for Jupyter
+        return 0.01
+
+    monkeypatch.setattr(lifecycle, "wait_ready", copy_arrives)
+    no_socket_here(monkeypatch)
+    result = lifecycle.start(ctx, s.id)
+    assert result.status == SessionStatus.RUNNING
+    assert [c.status for c in seen] == [SessionStatus.STARTING] and len(ctx.runtime.containers) == 1

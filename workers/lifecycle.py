@@ -11,9 +11,11 @@ engine is unreachable, up to the state's deadline.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -90,8 +92,37 @@ def clean_up(ctx: WorkerContext, session_id: str, user: str | None) -> None:
         event(log, "session.cleanup_deferred", level=logging.WARNING, session_id=session_id, error=repr(exc)[:300])
 
 
+_IN_FLIGHT: set[tuple[str, str]] = set()
+_IN_FLIGHT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _once(what: str, session_id: str) -> Iterator[bool]:
+    """True for the first start (or stop) of a session running in this worker process, False for a copy
+    that arrives meanwhile (a resend by the deadline sweep during an outage): the copy returns at once
+    instead of holding a worker thread in the same retry loop."""
+    key = (what, session_id)
+    with _IN_FLIGHT_LOCK:
+        first = key not in _IN_FLIGHT
+        _IN_FLIGHT.add(key)
+    try:
+        yield first
+    finally:
+        if first:
+            with _IN_FLIGHT_LOCK:
+                _IN_FLIGHT.discard(key)
+
+
 def start(ctx: WorkerContext, session_id: str) -> Session | None:
     """Bring the session's container up and mark it running, or end in ``error`` leaving nothing behind."""
+    with _once("start", session_id) as first:
+        if not first:
+            event(log, "session.start_skipped", session_id=session_id, why="already starting in this worker")
+            return ctx.store.get(session_id)
+        return _start(ctx, session_id)
+
+
+def _start(ctx: WorkerContext, session_id: str) -> Session | None:
     session = ctx.store.get(session_id)
     if session is None:
         event(log, "session.start_skipped", session_id=session_id, why="unknown session")
@@ -209,7 +240,16 @@ def _keep_start_log(ctx: WorkerContext, session_id: str, text: str) -> Session |
 
 
 def stop(ctx: WorkerContext, session_id: str) -> Session | None:
-    """Stop and remove the container of a session in ``stopping``, then mark it stopped. Safe to repeat.
+    """Stop and remove the container of a session in ``stopping``, then mark it stopped. Safe to repeat."""
+    with _once("stop", session_id) as first:
+        if not first:
+            event(log, "session.stop_skipped", session_id=session_id, why="already stopping in this worker")
+            return ctx.store.get(session_id)
+        return _stop(ctx, session_id)
+
+
+def _stop(ctx: WorkerContext, session_id: str) -> Session | None:
+    """The stop itself.
 
     The stop was requested through ``launcher.flows.request_stop`` (the record says who and why). While
     the engine is unreachable the removal is retried until the stopping deadline; past it the session
