@@ -32,14 +32,16 @@ from research.alphas import SUE
 from research.backtest import backtest
 from research.metrics import (
     forward_returns,
-    ic_decay,
+    ic_by_horizon,
     ic_series,
     ic_summary,
     quantile_returns,
+    quantile_spread,
     rank_autocorrelation,
     turnover,
 )
-from research.performance import stats
+from research.performance import sharpe_inference, stats
+from research.plots import show
 from research.universe import pit_universe, survivors_only
 
 out = Path(output_dir)
@@ -59,15 +61,20 @@ results = {}
 # Common shares (`shrcd` 10/11) on NYSE, AMEX, NASDAQ, whose **previous** day's raw price was at least
 # \$5, with delisting returns merged into the last day's return (missing performance delistings at
 # -30 %). Names that later delist stay in until they do.
+#
+# The data is read lazily: selecting the columns you need before `collect()` reads only those.
+# `show(fig, path)` saves a figure and shows it here.
 
 # %%
 daily = read_crsp_daily(start_d, end_d, data_root)
 delist = read_table("dsedelist", data_root)
-universe = pit_universe(daily, delist).collect()
+universe = pit_universe(daily, delist).select("date", "permno", "ret_total").collect()
 per_day = universe.group_by("date").len().sort("date")
 print(f"{universe.height:,} stock-days; {per_day['len'].median():.0f} names on a median day")
-ax = per_day.to_pandas().plot(x="date", y="len", legend=False, title="Names in the universe", figsize=(9, 3))
-plt.savefig(out / "universe.png", bbox_inches="tight")
+fig, ax = plt.subplots(figsize=(9, 3))
+ax.plot(per_day["date"], per_day["len"])
+ax.set_title("Names in the universe")
+show(fig, out / "universe.png")
 
 # %% [markdown]
 # ## The alpha
@@ -81,7 +88,7 @@ links = read_table("ccmxpf_lnkhist", data_root)
 panel = universe.select("date", "permno")
 signal = SUE("rdq").compute(fundq=fundq, links=links, panel=panel)
 horizons = [1, 5, 20] if fast else [1, 5, 20, 60]
-fwd = forward_returns(universe.select("date", "permno", "ret_total"), horizons)
+fwd = forward_returns(universe, horizons)
 df = signal.join(fwd, on=["date", "permno"])
 print(f"{df.height:,} stock-days with a signal")
 
@@ -89,26 +96,45 @@ print(f"{df.height:,} stock-days with a signal")
 # ## Information coefficient
 #
 # Rank IC: the cross-sectional Spearman correlation between today's signal and the next 20 days' return,
-# one number a day. The t-statistic treats days as independent; overlapping 20-day windows make it
-# optimistic, so read it as a guide, not a test.
+# one number a day.
+#
+# **Its t-statistic.** Two consecutive days' 20-day windows share 19 days, so the daily ICs are strongly
+# autocorrelated and are not that many independent observations. The naive `mean / sd * sqrt(n)` treats them
+# as independent and overstates significance by roughly the square root of the horizon (alphalens makes
+# the same mistake). `t` is the **Newey-West** t-statistic with `horizon - 1` = 19 lags, the one to
+# report; `t_naive` is shown only to see how far off it is.
 
 # %%
-ic = ic_series(df, "signal", "fwd_20")
-summary = ic_summary(ic)
+ics = ic_by_horizon(df, "signal", horizons)  # the daily rank IC against every horizon, in one pass
+ic = ics[20]
+summary = ic_summary(ic)  # horizon 20 (the fwd_20 column): Newey-West with 19 lags
 pearson = ic_summary(ic_series(df, "signal", "fwd_20", method="pearson"))
-print(f"rank IC {summary['mean']:.4f}  t {summary['t']:.1f}  IC IR {summary['ir']:.2f}  days {summary['n']}")
-print(f"IC (Pearson) {pearson['mean']:.4f}")
+print(f"rank IC {summary['mean']:.4f}  IC IR {summary['ir']:.2f}  days {summary['n']}")
+print(f"  t = {summary['t']:.1f} (Newey-West, {summary['nw_lags']} lags: report this one)")
+print(f"  t = {summary['t_naive']:.1f} (naive, days treated as independent: {summary['t_naive'] / summary['t']:.1f}x too high)")
+print(f"IC (Pearson) {pearson['mean']:.4f}  t {pearson['t']:.1f} (Newey-West)")
 results["rank_ic_rdq"] = summary
-pdf = ic.with_columns(pl.col("ic").rolling_mean(60).alias("60-day mean")).to_pandas()
-ax = pdf.plot(x="date", y=["ic", "60-day mean"], figsize=(9, 3), title="Daily rank IC (signal vs next 20 days)")
-plt.savefig(out / "ic.png", bbox_inches="tight")
+ic.write_parquet(out / "ic_rdq.parquet")
+fig, ax = plt.subplots(figsize=(9, 3))
+ax.plot(ic["date"], ic["ic"], lw=0.6, label="ic")
+ax.plot(ic["date"], ic["ic"].rolling_mean(60), label="60-day mean")
+ax.legend()
+ax.set_title("Daily rank IC (signal vs next 20 days)")
+show(fig, out / "ic.png")
+
+# %% [markdown]
+# IC decay: the mean IC against 1, 5, 20 and 60-day forward returns. The naive t grows with the horizon
+# because the overlap grows with it, not because the evidence does; the Newey-West t (lags `h - 1`)
+# does not reward the overlap.
 
 # %%
-decay = ic_decay(df, "signal", horizons)
-print(decay)
-ax = decay.to_pandas().plot.bar(x="horizon", y="mean", legend=False, title="Rank IC by horizon (days)", figsize=(6, 3))
-plt.savefig(out / "ic_decay.png", bbox_inches="tight")
-results["ic_decay"] = decay.select("horizon", "mean", "t").to_dicts()
+decay = pl.DataFrame([{"horizon": h, **ic_summary(ics[h])} for h in horizons])
+print(decay.select("horizon", "mean", "t", "t_naive", "nw_lags", "ir", "n"))
+fig, ax = plt.subplots(figsize=(6, 3))
+ax.bar([str(h) for h in decay["horizon"]], decay["mean"])
+ax.set_title("Rank IC by horizon (days)")
+show(fig, out / "ic_decay.png")
+results["ic_decay"] = decay.select("horizon", "mean", "t", "t_naive", "nw_lags").to_dicts()
 
 # %% [markdown]
 # ## Quantile spreads, turnover
@@ -116,19 +142,31 @@ results["ic_decay"] = decay.select("horizon", "mean", "t").to_dicts()
 # %%
 quant = quantile_returns(df, "signal", "fwd_20")
 print(quant)
-ax = quant.to_pandas().plot.bar(
-    x="quantile", y="mean", legend=False, title="Mean next-20-day return by quintile", figsize=(6, 3)
-)
-plt.savefig(out / "quantiles.png", bbox_inches="tight")
+fig, ax = plt.subplots(figsize=(6, 3))
+ax.bar([str(q) for q in quant["quantile"]], quant["mean"])
+ax.set_title("Mean next-20-day return by quintile")
+show(fig, out / "quantiles.png")
 results["quintile_spread_20d"] = float(quant["mean"][-1] - quant["mean"][0])
+spread = quantile_spread(df, "signal", "fwd_20")  # top minus bottom quintile, per day
+results["quintile_spread_20d_test"] = spread
+print(
+    f"top minus bottom quintile, next 20 days: {spread['mean']:.2%}  "
+    f"t {spread['t']:.1f} (Newey-West, {spread['nw_lags']} lags; naive {spread['t_naive']:.1f})"
+)
 
-bt = backtest(signal.select("date", "permno", "signal"), universe.select("date", "permno", "ret_total"))
+bt = backtest(signal.select("date", "permno", "signal"), universe)
 to = turnover(bt.weights)
 print(f"monthly turnover (one side counts both legs): median {to['turnover'].median():.2f}")
 print(
     f"rank autocorrelation, 20 trading days apart: {rank_autocorrelation(signal.filter(pl.col('date').is_in(pl.col('date').unique().sort().gather_every(20).implode())), 'signal'):.2f}"
 )
 results["backtest_rdq"] = stats(bt.returns["net"])
+sr = sharpe_inference(bt.returns["net"])
+print(
+    f"long-short Sharpe {sr['sharpe']:.2f}, standard error {sr['se']:.2f} (Newey-West, {sr['nw_lags']} lags; "
+    f"{sr['se_iid']:.2f} if returns were iid normal): about {sr['sharpe'] - 1.96 * sr['se']:.2f} to "
+    f"{sr['sharpe'] + 1.96 * sr['se']:.2f} at 95 %"
+)
 
 # %% [markdown]
 # ## Three mistakes, side by side with the correct version
@@ -140,15 +178,18 @@ results["backtest_rdq"] = stats(bt.returns["net"])
 look = SUE("datadate").compute(fundq=fundq, links=links, panel=panel)
 look_df = look.join(fwd, on=["date", "permno"])
 look_ic = ic_summary(ic_series(look_df, "signal", "fwd_20"))
-look_bt = backtest(look.select("date", "permno", "signal"), universe.select("date", "permno", "ret_total"))
+look_bt = backtest(look.select("date", "permno", "signal"), universe)
 results["rank_ic_datadate"] = look_ic
 results["backtest_datadate"] = stats(look_bt.returns["net"])
+rdq_bt, dd_bt = results["backtest_rdq"], results["backtest_datadate"]
 cmp = pl.DataFrame(
     {
         "version": ["rdq (correct)", "datadate (look-ahead)"],
         "rank IC": [summary["mean"], look_ic["mean"]],
-        "Sharpe": [results["backtest_rdq"]["sharpe"], results["backtest_datadate"]["sharpe"]],
-        "CAGR": [results["backtest_rdq"]["cagr"], results["backtest_datadate"]["cagr"]],
+        "t (NW)": [summary["t"], look_ic["t"]],
+        "Sharpe": [rdq_bt["sharpe"], dd_bt["sharpe"]],
+        "Sharpe s.e.": [rdq_bt["sharpe_se"], dd_bt["sharpe_se"]],
+        "CAGR": [rdq_bt["cagr"], dd_bt["cagr"]],
     }
 )
 print(cmp)
@@ -157,7 +198,7 @@ for name, res in (("rdq (correct)", bt), ("datadate (look-ahead)", look_bt)):
     ax.plot(res.returns["date"], (1 + res.returns["net"]).cum_prod(), label=name)
 ax.legend()
 ax.set_title("SUE long-short, net of costs")
-plt.savefig(out / "lookahead.png", bbox_inches="tight")
+show(fig, out / "lookahead.png")
 
 # %% [markdown]
 # **2. Survivors only.** Dropping every name that delisted during the sample removes the losers

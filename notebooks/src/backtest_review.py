@@ -28,12 +28,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
-import statsmodels.api as sm
 
 from research import data_root as root_of
 from research import read_ff
+from research.inference import ols_hac
 from research.metrics import turnover
-from research.performance import max_drawdown, stats
+from research.performance import max_drawdown, sharpe_inference, stats
+from research.plots import show
 
 out = Path(output_dir)
 out.mkdir(parents=True, exist_ok=True)
@@ -58,6 +59,11 @@ results = {"run": run}
 
 # %% [markdown]
 # ## Performance
+#
+# A Sharpe ratio estimated from three years of daily returns is uncertain: `sharpe_se` is its standard
+# error (annualised), by the delta method on the mean and variance with Newey-West weights (Lo 2002),
+# which allows fat tails, skewness and autocorrelated returns. The iid-normal formula
+# `sqrt((1 + SR^2 / 2) / n)` is shown for comparison.
 
 # %%
 table = pl.DataFrame(
@@ -67,14 +73,22 @@ table = pl.DataFrame(
         {"series": "benchmark", **stats(r["benchmark"])},
     ]
 )
-print(table)
+with pl.Config(tbl_cols=-1, tbl_width_chars=160):
+    print(table)
 results["performance"] = table.to_dicts()
+sr = sharpe_inference(r["net"])
+results["sharpe_net"] = sr
+print(
+    f"net Sharpe {sr['sharpe']:.2f}, standard error {sr['se']:.2f} (Newey-West, {sr['nw_lags']} lags; "
+    f"iid normal {sr['se_iid']:.2f}); 95 % interval {sr['sharpe'] - 1.96 * sr['se']:.2f} to "
+    f"{sr['sharpe'] + 1.96 * sr['se']:.2f}; t = {sr['sharpe'] / sr['se']:.1f}"
+)
 fig, ax = plt.subplots(figsize=(9, 3))
 for col in ("net", "gross", "benchmark"):
     ax.plot(r["date"], (1 + r[col]).cum_prod(), label=col)
 ax.legend()
 ax.set_title(f"{run}: cumulative return")
-plt.savefig(out / "cumulative.png", bbox_inches="tight")
+show(fig, out / "cumulative.png")
 
 # %% [markdown]
 # ## Rolling Sharpe and beta (126 days)
@@ -90,7 +104,7 @@ axes[0].plot(roll["date"], roll["sharpe"])
 axes[0].set_title("Rolling Sharpe")
 axes[1].plot(roll["date"], roll["beta"])
 axes[1].set_title("Rolling beta to the benchmark")
-plt.savefig(out / "rolling.png", bbox_inches="tight")
+show(fig, out / "rolling.png")
 
 # %% [markdown]
 # ## Drawdowns
@@ -116,7 +130,7 @@ print(episodes.drop("episode"))
 fig, ax = plt.subplots(figsize=(9, 2.5))
 ax.fill_between(dd["date"].to_numpy(), dd["drawdown"].to_numpy(), 0, color="tab:red", alpha=0.4)
 ax.set_title("Drawdown (net)")
-plt.savefig(out / "drawdown.png", bbox_inches="tight")
+show(fig, out / "drawdown.png")
 results["max_drawdown"] = max_drawdown(r["net"])
 
 # %% [markdown]
@@ -132,18 +146,19 @@ print(grid.with_columns(pl.exclude("year").round(4)))
 # %% [markdown]
 # ## Factor exposures
 #
-# Daily net returns regressed on the Fama-French factors (Newey-West errors).
+# Daily net returns regressed on the Fama-French factors, with Newey-West (HAC) errors, 5 lags
+# (`research.inference.ols_hac`, equal to statsmodels' `OLS(...).fit(cov_type="HAC")`).
 
 # %%
 ff = read_ff("daily", data_root)
-joined = r.join(ff, on="date").to_pandas()
+joined = r.join(ff, on="date")
 xs = [c for c in ("mktrf", "smb", "hml", "rmw", "cma", "umd") if c in joined.columns]
-fit = sm.OLS(joined["net"] - joined["rf"], sm.add_constant(joined[xs])).fit(cov_type="HAC", cov_kwds={"maxlags": 5})
+fit = ols_hac((joined["net"] - joined["rf"]).to_numpy(), joined.select(xs).to_numpy(), xs, lags=5)
 exposures = pl.DataFrame(
     {
         "factor": ["alpha (ann.)", *xs],
-        "estimate": [fit.params["const"] * 252, *fit.params[xs]],
-        "t": [fit.tvalues["const"], *fit.tvalues[xs]],
+        "estimate": [fit.params[0] * 252, *fit.params[1:]],
+        "t": list(fit.tvalues),
     }
 )
 print(exposures)
@@ -171,10 +186,10 @@ for bps in (0, 5, 10, 25, 50):
 sens = pl.DataFrame(rows)
 print(sens)
 results["cost_sensitivity"] = sens.to_dicts()
-ax = sens.to_pandas().plot(
-    x="cost_bps", y="sharpe", marker="o", legend=False, title="Sharpe vs cost (bp per turnover)", figsize=(6, 3)
-)
-plt.savefig(out / "costs.png", bbox_inches="tight")
+fig, ax = plt.subplots(figsize=(6, 3))
+ax.plot(sens["cost_bps"], sens["sharpe"], marker="o")
+ax.set_title("Sharpe vs cost (bp per turnover)")
+show(fig, out / "costs.png")
 
 # %% [markdown]
 # ## Point-in-time audit
@@ -201,8 +216,11 @@ print(run, results["audit"])
 if compare_run:
     other = load(compare_run)
     results["audit_compare"] = {"run": compare_run, **audit(other["trades"])}
-    results["compare_sharpe"] = stats(other["returns"]["net"])["sharpe"]
+    other_stats = stats(other["returns"]["net"])
+    results["compare_sharpe"] = other_stats["sharpe"]
+    results["compare_sharpe_se"] = other_stats["sharpe_se"]
     print(compare_run, results["audit_compare"])
+    print(f"{compare_run}: Sharpe {other_stats['sharpe']:.2f} (standard error {other_stats['sharpe_se']:.2f})")
 
 # %%
 (out / "results.json").write_text(json.dumps(results, indent=2, default=str))

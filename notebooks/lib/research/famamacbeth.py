@@ -14,12 +14,17 @@ def fama_macbeth(y: pd.DataFrame, x: pd.DataFrame) -> pd.DataFrame:
     and t-statistic per regressor, as linearmodels' ``FamaMacBeth(...).fit()`` reports them.
     """
     frame = pd.concat([y, x], axis=1).dropna()
-    times = frame.index.get_level_values(1)
+    codes, _ = pd.factorize(frame.index.get_level_values(1), sort=True)
+    order = np.argsort(codes, kind="stable")  # grouped by period, rows in their original order
+    order = order[codes[order] >= 0]  # rows without a period (as groupby drops them)
+    xs = frame[x.columns].to_numpy()[order]
+    ys = frame[y.columns[0]].to_numpy()[order]
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
     gammas = []
-    for _, block in frame.groupby(times):
-        if len(block) <= x.shape[1]:
+    for rows in np.split(np.arange(len(order)), bounds):
+        if len(rows) <= x.shape[1]:
             continue
-        coef, *_ = np.linalg.lstsq(block[x.columns].to_numpy(), block[y.columns[0]].to_numpy(), rcond=None)
+        coef, *_ = np.linalg.lstsq(xs[rows], ys[rows], rcond=None)
         gammas.append(coef)
     g = np.asarray(gammas)
     est = g.mean(axis=0)

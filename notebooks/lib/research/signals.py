@@ -16,6 +16,16 @@ class AlphaDefinition(ABC):
     def compute(self, **data: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame: ...
 
 
+def lag(col: str, n: int = 1, by: str = "permno") -> pl.Expr:
+    """``col`` from ``n`` rows earlier within the same ``by`` group, null on a group's first ``n`` rows.
+
+    On a panel sorted by permno, date (as ``pit_universe`` returns it) that is the value ``n`` trading
+    days earlier: the same as ``pl.col(col).shift(n).over(by)``, without the group-by (about 10x faster).
+    """
+    same = pl.col(by) == pl.col(by).shift(n)
+    return pl.when(same).then(pl.col(col).shift(n)).alias(col)
+
+
 def winsorize(col: str, lower: float = 0.01, upper: float = 0.99, by: str = "date") -> pl.Expr:
     c = pl.col(col)
     return c.clip(c.quantile(lower).over(by), c.quantile(upper).over(by)).alias(col)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import polars as pl
 
+from research.data import permno_date_key
+from research.signals import lag
+
 MISSING_PERFORMANCE_DLRET = -0.30  # the convention for a 5xx delisting without a delisting return
 
 
@@ -32,11 +35,13 @@ def pit_universe(
     ``min_price``; the day's return includes the delisting return on the delisting date. Names that
     later delist stay in the universe until they do (no survivorship bias).
 
-    Adds ``ret_total`` (return including delisting) and ``me`` (market equity, $ thousands).
+    Adds ``ret_total`` (return including delisting) and ``me`` (market equity, $ thousands). Rows come
+    sorted by permno, date. Lazy: select the columns you need before ``collect()`` and only those are read.
     """
-    lf = daily.lazy().sort("permno", "date")
-    lf = lf.with_columns(pl.col("prc").abs().shift(1).over("permno").alias("prc_lag"))
-    lf = lf.join(delisting_returns(delist).lazy(), on=["permno", "date"], how="left")
+    lf = daily.lazy().join(delisting_returns(delist).lazy(), on=["permno", "date"], how="left")
+    lf = lf.sort(permno_date_key(lf.collect_schema()))  # after the join, which need not keep any order
+    lf = lf.with_columns(lag("prc").abs().alias("prc_lag"))  # the name's previous trading day
+    lf = lf.select(pl.exclude("dlret"), "dlret")  # columns in the order they always had: ..., prc_lag, dlret
     return lf.filter(
         pl.col("shrcd").is_in(share_codes) & pl.col("exchcd").is_in(exchanges) & (pl.col("prc_lag") >= min_price)
     ).with_columns(
