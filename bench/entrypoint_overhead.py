@@ -33,10 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from launcher.adapters.redis_store import SessionStore  # noqa: E402
 from launcher.entrypoint import write_config  # noqa: E402
 from launcher.models import Actor, Role, Session, SessionStatus, new_session_id, new_token  # noqa: E402
 from launcher.settings import Settings  # noqa: E402
-from launcher.store import SessionStore  # noqa: E402
 from tests.helpers import bring_to, free_port, spawn, wait_for  # noqa: E402
 from tests.stack import random_instance, start_entrypoint, start_redis  # noqa: E402
 from tests.web import OriginClient, make_login  # noqa: E402

@@ -23,14 +23,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from launcher.adapters.docker_runtime import DockerRuntime  # noqa: E402
+from launcher.adapters.memory_runtime import FakeRuntime  # noqa: E402
+from launcher.adapters.redis_store import SessionStore  # noqa: E402
 from launcher.models import Session, SessionStatus, new_session_id, new_token  # noqa: E402
 from launcher.settings import Settings  # noqa: E402
 from launcher.spec import container_name  # noqa: E402
-from launcher.store import SessionStore  # noqa: E402
 from tests.helpers import bring_to  # noqa: E402
 from tests.stack import docker_client, random_instance, start_redis, start_stack  # noqa: E402
 from workers import hostfs, lifecycle, sweeps  # noqa: E402
-from workers.runtime import DockerRuntime, FakeRuntime  # noqa: E402
 
 
 def time_sweeps(ctx: lifecycle.WorkerContext, rounds: int, expect: int, unreachable: int = 0) -> list[float]:

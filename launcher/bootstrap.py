@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from launcher.dispatch import CeleryDispatcher
+from launcher.adapters.celery_dispatch import CeleryDispatcher
+from launcher.adapters.redis_store import SessionStore
 from launcher.service import LauncherService
 from launcher.settings import Settings
-from launcher.store import SessionStore
 
 if TYPE_CHECKING:
     from workers.lifecycle import WorkerContext
@@ -25,7 +25,7 @@ def build_service(settings: Settings) -> LauncherService:
 
 def build_worker_context(settings: Settings) -> WorkerContext:
     """What a host's worker acts with: the store and this host's Docker engine (connected on first use)."""
+    from launcher.adapters.docker_runtime import DockerRuntime
     from workers.lifecycle import WorkerContext
-    from workers.runtime import DockerRuntime
 
     return WorkerContext(settings, build_store(settings), DockerRuntime())

@@ -1,4 +1,4 @@
-"""Render and run the per-host entry point: nginx plus its authorizer (``launcher.authorizer``).
+"""Render and run the per-host entry point: nginx plus its authorizer (``launcher.adapters.authorizer``).
 
 python -m launcher.entrypoint render --prefix DIR     write DIR/nginx.conf
 python -m launcher.entrypoint run --prefix DIR        render, start nginx, serve the authorizer; both
@@ -131,7 +131,7 @@ def write_config(settings: Settings, prefix: Path) -> Path:
 
 def run(settings: Settings, prefix: Path) -> None:
     """nginx as a child, the authorizer in this process; when either ends, both end."""
-    from launcher import authorizer
+    from launcher.adapters import authorizer
 
     conf = write_config(settings, prefix)
     sock = authorizer_socket(prefix.resolve())

@@ -10,8 +10,9 @@
      ├── StartFailed              the container or Jupyter did not come up               (CLI exit 8)
      └── SchemaMismatch           a stored record written by a newer launcher             (CLI exit 9)
 
-Vendor errors (redis-py, docker-py, kombu) are translated where they enter: ``store``,
-``dispatch`` and ``workers.runtime``. No message in this tree ever carries a Jupyter token.
+Vendor errors (redis-py, docker-py, kombu, Celery) are translated where they enter, in the adapters
+(``launcher.adapters``: the Redis store, the Celery dispatcher, the Docker runtime). No message in this
+tree ever carries a Jupyter token.
 """
 
 from __future__ import annotations

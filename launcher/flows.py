@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import logging
 
-from launcher.dispatch import Dispatcher
 from launcher.errors import Conflict, NotFound, RuntimeUnavailable
 from launcher.logs import event
 from launcher.models import Reason, Session
-from launcher.store import SessionStore
+from launcher.ports import Dispatcher, SessionRepository
 from launcher.transitions import By, FailStart, MarkFailed, RequestStop
 
 log = logging.getLogger("launcher")
 
 
 def request_stop(
-    store: SessionStore, dispatcher: Dispatcher, session_id: str, by: By, reason: Reason, *, batch: str | None = None
+    store: SessionRepository,
+    dispatcher: Dispatcher,
+    session_id: str,
+    by: By,
+    reason: Reason,
+    *,
+    batch: str | None = None,
 ) -> Session:
     """Move a live session to ``stopping`` and ask its host to stop it.
 
@@ -38,7 +43,7 @@ def request_stop(
 
 
 def fail(
-    store: SessionStore,
+    store: SessionRepository,
     dispatcher: Dispatcher | None,
     session_id: str,
     by: By,

@@ -100,7 +100,7 @@ class Actor(BaseModel):
 
 
 class Session(BaseModel):
-    """One notebook session; stored as JSON in Redis by ``launcher.store`` and nowhere else. Immutable:
+    """One notebook session; stored as JSON in Redis by ``launcher.adapters.redis_store`` and nowhere else. Immutable:
     every change is a command (``launcher.transitions``) the store applies atomically."""
 
     model_config = ConfigDict(frozen=True)

@@ -12,7 +12,6 @@ from datetime import timedelta
 
 from pydantic import SecretStr
 
-from launcher.dispatch import Dispatcher
 from launcher.errors import Conflict, LauncherError, LimitReached, NotFound, PermissionDenied, RuntimeUnavailable
 from launcher.flows import fail, request_stop
 from launcher.models import (
@@ -28,9 +27,9 @@ from launcher.models import (
     new_token,
     utcnow,
 )
+from launcher.ports import Dispatcher, SessionRepository
 from launcher.rbac import authorize, may_act_on
 from launcher.settings import Settings
-from launcher.store import SessionStore
 from launcher.transitions import ActorKind, By, KeepAlive, SetMaxAgeExempt
 from launcher.validation import available_templates, resolve_template, validate_user_id
 from launcher.views import SessionView, Template, session_view, template, typical_launch
@@ -56,7 +55,7 @@ def redact(session: Session) -> Session:
 
 
 class LauncherService:
-    def __init__(self, settings: Settings, store: SessionStore, dispatcher: Dispatcher) -> None:
+    def __init__(self, settings: Settings, store: SessionRepository, dispatcher: Dispatcher) -> None:
         self.settings = settings
         self.store = store
         self.dispatcher = dispatcher
@@ -64,7 +63,7 @@ class LauncherService:
 
     # -- helpers ----------------------------------------------------------------------------
     def _visible(self, actor: Actor, session: Session) -> Session:
-        """Nobody receives the Jupyter secret: the entry point adds it upstream (launcher.webauth)."""
+        """Nobody receives the Jupyter secret: the entry point adds it upstream (launcher.adapters.redis_webauth)."""
         return redact(session)
 
     @staticmethod

@@ -19,15 +19,15 @@ import docker
 import httpx
 import redis
 
-from launcher.dispatch import CeleryDispatcher
+from launcher.adapters.celery_dispatch import CeleryDispatcher
+from launcher.adapters.docker_runtime import DockerRuntime
+from launcher.adapters.redis_store import SessionStore
 from launcher.errors import LauncherError
 from launcher.models import Actor, Role
 from launcher.service import LauncherService
 from launcher.settings import REPO_ROOT, Settings
 from launcher.spec import LABEL_PREFIX
-from launcher.store import SessionStore
 from tests.helpers import Proc, free_port, spawn, wait_for
-from workers.runtime import DockerRuntime
 
 DEFAULT_IMAGE = "launcher-notebook:latest"
 

@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from launcher.adapters.redis_webauth import EntryAuth
 from launcher.models import Actor, Role, SessionStatus
-from launcher.webauth import EntryAuth
 from tests.helpers import new_context, wait_for
 from tests.web import OriginClient, make_login, opened
 

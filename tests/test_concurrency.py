@@ -6,11 +6,11 @@ import threading
 
 import pytest
 
+from launcher.adapters.redis_store import SessionStore
 from launcher.errors import Conflict, LimitReached
 from launcher.models import Actor, Session, SessionStatus
 from launcher.service import LauncherService
 from launcher.spec import LABEL_PREFIX
-from launcher.store import SessionStore
 from tests.helpers import wait_for
 from tests.stack import start_worker
 

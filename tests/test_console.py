@@ -14,10 +14,10 @@ from pydantic import SecretStr
 from streamlit.testing.v1 import AppTest
 
 import ui.context
-from launcher.logins import LoginStore
+from launcher.adapters.redis_logins import LoginStore
+from launcher.adapters.redis_store import SessionStore
 from launcher.models import Actor, AuditEvent, Reason, Role, Session, SessionStatus
 from launcher.settings import REPO_ROOT, Settings
-from launcher.store import SessionStore
 from launcher.views import PHASES, progress, scrub, session_view, typical_launch
 from tests.helpers import free_port, new_context
 from tests.stack import random_instance, start_console
@@ -439,10 +439,10 @@ def test_plurals():
 
 def test_a_failed_start_keeps_its_scrubbed_start_log_and_the_owner_sees_it(redis_console):
     """The worker keeps the failing container's last lines (secret and tokens hidden) and the page shows them."""
+    from launcher.adapters.memory_runtime import FakeRuntime
     from launcher.spec import container_name
     from launcher.transitions import ActorKind, By, MarkStarting
     from workers import lifecycle
-    from workers.runtime import FakeRuntime
 
     settings, store = redis_console.settings, redis_console.store
     at = redis_console("ui-fred", "researcher")

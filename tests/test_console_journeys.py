@@ -16,9 +16,9 @@ import time
 
 import pytest
 
+from launcher.adapters.redis_store import SessionStore
 from launcher.models import Actor, Role, SessionStatus
 from launcher.settings import REPO_ROOT
-from launcher.store import SessionStore
 from tests.helpers import LOOPBACK, new_context, wait_for
 from tests.stack import random_instance, start_console, start_worker
 from ui.auth import UserStore

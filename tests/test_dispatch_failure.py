@@ -13,12 +13,12 @@ import time
 import pytest
 import redis
 
-from launcher.dispatch import CeleryDispatcher
+from launcher.adapters.celery_dispatch import CeleryDispatcher
+from launcher.adapters.redis_store import SessionStore
 from launcher.errors import RuntimeUnavailable
 from launcher.models import Actor, Role, SessionStatus
 from launcher.service import LauncherService
 from launcher.settings import Settings
-from launcher.store import SessionStore
 from tests.helpers import free_port
 from tests.stack import random_instance, start_redis
 

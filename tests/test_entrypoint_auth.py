@@ -20,10 +20,10 @@ import pytest
 import redis
 import websocket
 
-from launcher.authorizer import Request, cross_origin_refusal, parse_cookies
+from launcher.adapters.authorizer import Request, cross_origin_refusal, parse_cookies
+from launcher.adapters.redis_store import SessionStore
 from launcher.models import Actor, Role, Session, SessionStatus, new_session_id, new_token
 from launcher.settings import Settings
-from launcher.store import SessionStore
 from tests.helpers import bring_to, free_port, wait_for
 from tests.stack import random_instance, start_entrypoint
 from tests.web import OriginClient, make_login
@@ -234,8 +234,8 @@ def test_a_cookie_for_one_session_does_not_open_another(entry, redis_url):
 
 def test_the_open_code_is_refused_for_others_and_for_stopped_sessions(entry):
     """The console mints a code only for the running session's owner holding LAUNCH_NOTEBOOKS."""
+    from launcher.adapters.redis_webauth import EntryAuth
     from launcher.errors import InvalidRequest, NotFound, PermissionDenied
-    from launcher.webauth import EntryAuth
 
     settings, store, session, _ = entry
     auth = EntryAuth(store.redis, settings)

@@ -27,7 +27,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from launcher.dispatch import CeleryDispatcher
+from launcher.adapters.celery_dispatch import CeleryDispatcher
 from launcher.errors import LauncherError, RuntimeUnavailable
 from launcher.models import Actor, Session, SessionStatus
 from launcher.service import LauncherService

@@ -125,7 +125,7 @@ def test_open_code_is_single_use_and_bound_to_the_browser(clean_stack):
     erin = st.actor("e2e-erin")
     session = st.service.wait(erin, st.service.launch(erin, "alpha_research").id, RUNNING, 120)
     login = make_login(st.store.redis, st.settings, "e2e-erin")
-    from launcher.webauth import EntryAuth
+    from launcher.adapters.redis_webauth import EntryAuth
 
     auth = EntryAuth(st.store.redis, st.settings)
     browser = OriginClient(st.settings, session.id)

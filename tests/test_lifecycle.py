@@ -5,14 +5,14 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
+from launcher.adapters.memory_runtime import FakeRuntime
+from launcher.adapters.redis_store import SessionStore
 from launcher.errors import StartFailed
 from launcher.flows import request_stop
 from launcher.models import Reason, Session, SessionStatus, new_session_id, new_token
-from launcher.store import SessionStore
 from launcher.transitions import ActorKind, By
 from tests.helpers import RecordingDispatcher, bring_to
 from workers import hostfs, lifecycle
-from workers.runtime import FakeRuntime
 
 
 def no_socket_here(monkeypatch) -> None:

@@ -22,11 +22,11 @@ from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from launcher.adapters.redis_logins import LoginStore
+from launcher.adapters.redis_store import SessionStore
 from launcher.errors import InvalidRequest
-from launcher.logins import LoginStore
 from launcher.models import Role, Session, SessionStatus, new_session_id, new_token
 from launcher.settings import REPO_ROOT, Settings
-from launcher.store import SessionStore
 from tests.helpers import bring_to, free_port, spawn, wait_for
 from tests.stack import http_ok, random_instance
 from ui.auth import COOKIE, ClaimsRefused, UserStore, actor_from_claims, csrf_token, login_name, resolve, sign, unsign

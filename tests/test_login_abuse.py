@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from launcher.adapters.redis_store import SessionStore
 from launcher.models import Role
 from launcher.settings import Settings
-from launcher.store import SessionStore
 from tests.helpers import wait_for
 from tests.stack import start_console
 from tests.test_login import audit_actions, console_client, console_settings, rclient

@@ -18,18 +18,19 @@ from pathlib import Path
 
 import pytest
 
+from launcher.adapters.jupyter_http import BadAnswer, NoAnswer, api_get, wait_ready
+from launcher.adapters.memory_runtime import FakeRuntime
+from launcher.adapters.redis_store import SessionStore
 from launcher.errors import RuntimeUnavailable, StartFailed
-from launcher.jupyter import BadAnswer, NoAnswer, api_get, wait_ready
 from launcher.models import Reason, Session, SessionStatus, new_session_id, new_token, utcnow
 from launcher.policy import ReapPolicy, Verdict, should_reap
+from launcher.ports import ContainerState
 from launcher.settings import REPO_ROOT, Settings
 from launcher.spec import container_name
-from launcher.store import SessionStore
 from launcher.transitions import ActorKind, By, MarkRunning, MarkStarting, RecordActivity
 from tests.stack import random_instance
 from workers import hostfs, lifecycle, sweeps
 from workers.activity import probe
-from workers.runtime import ContainerState, FakeRuntime
 
 FAKE = REPO_ROOT / "bench" / "fake_jupyter.py"
 TOKEN = "probe-bounds-token-0123456789abcdefghijklmnop"

@@ -6,10 +6,10 @@ import os
 
 import pytest
 
+from launcher.adapters.redis_store import SessionStore
 from launcher.errors import LimitReached
 from launcher.models import Actor, Role, SessionStatus
 from launcher.service import LauncherService
-from launcher.store import SessionStore
 from tests.helpers import Kernel, RecordingDispatcher
 from tests.stack import start_stack
 from tests.web import opened

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from launcher.dispatch import CeleryDispatcher
+from launcher.adapters.celery_dispatch import CeleryDispatcher
+from launcher.adapters.redis_store import SessionStore
 from launcher.models import Actor, Role, Session, SessionStatus, new_session_id, new_token
 from launcher.service import LauncherService
 from launcher.settings import REPO_ROOT, MissingSecret, Settings
-from launcher.store import SessionStore
 from tests.helpers import free_port, spawn, wait_for
 from tests.stack import random_instance, start_redis, start_worker
 
@@ -196,7 +196,7 @@ def test_a_second_host_works_over_tls_and_nothing_else_gets_in(tls_redis, tmp_pa
             [
                 sys.executable,
                 "-c",
-                "from launcher.settings import Settings; from launcher.store import SessionStore;"
+                "from launcher.settings import Settings; from launcher.adapters.redis_store import SessionStore;"
                 f"print(SessionStore.from_settings(Settings()).get({session.id!r}).status.value)",
             ],
             env={**os.environ, **host2.to_env(), "PYTHONPATH": str(REPO_ROOT)},

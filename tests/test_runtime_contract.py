@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import pytest
 
+from launcher.adapters.docker_runtime import DockerRuntime
+from launcher.adapters.memory_runtime import FakeRuntime
+from launcher.ports import ContainerState
 from launcher.spec import LABEL_PREFIX
 from tests.conftest import IMAGE, docker_or_skip
 from tests.stack import random_instance
-from workers.runtime import ContainerState, DockerRuntime, FakeRuntime
 
 
 class DockerDriver:

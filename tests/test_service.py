@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import redis
 
+from launcher.adapters.redis_store import SessionStore
 from launcher.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from launcher.models import Actor, Role, SessionStatus
 from launcher.service import LauncherService
-from launcher.store import SessionStore
 from tests.helpers import RecordingDispatcher, bring_to
 
 

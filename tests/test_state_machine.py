@@ -23,13 +23,13 @@ from hypothesis.stateful import (
 )
 
 from launcher import models
+from launcher.adapters.redis_store import SessionStore
 from launcher.errors import Conflict, LimitReached, NotFound, RuntimeUnavailable
 from launcher.flows import fail, request_stop
 from launcher.models import LIVE_STATUSES, Actor, Reason, Role, Session, SessionStatus, new_token
 from launcher.policy import Deadlines, ReapPolicy
 from launcher.service import LauncherService
 from launcher.settings import Settings
-from launcher.store import SessionStore
 from launcher.transitions import (
     TRANSITIONS,
     ActorKind,

@@ -8,10 +8,10 @@ import fakeredis
 import pytest
 import redis
 
+from launcher.adapters.redis_store import SessionStore
 from launcher.errors import Conflict, LimitReached, NotFound
 from launcher.models import SCHEMA_VERSION, Reason, Session, SessionStatus, new_session_id, new_token
 from launcher.settings import Settings
-from launcher.store import SessionStore
 from launcher.transitions import ActorKind, By, MarkRunning, MarkStarting, MarkStopped, RequestStop
 from tests.stack import random_instance
 

@@ -14,9 +14,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import redis
 
+from launcher.adapters.redis_webauth import EntryAuth
 from launcher.models import Actor, Role
 from launcher.settings import Settings
-from launcher.webauth import EntryAuth
 
 
 def make_login(client: redis.Redis, settings: Settings, user: str, role: Role = Role.RESEARCHER) -> str:

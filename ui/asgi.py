@@ -40,12 +40,12 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route  # noqa: E402
 from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
 
+from launcher.adapters.redis_logins import LoginStore, LoginThrottle  # noqa: E402
+from launcher.adapters.redis_store import SessionStore  # noqa: E402
+from launcher.adapters.redis_webauth import EntryAuth, digest  # noqa: E402
 from launcher.errors import InvalidRequest, LauncherError, NotFound, PermissionDenied  # noqa: E402
-from launcher.logins import LoginStore, LoginThrottle  # noqa: E402
 from launcher.logs import event  # noqa: E402
 from launcher.settings import Settings  # noqa: E402
-from launcher.store import SessionStore  # noqa: E402
-from launcher.webauth import EntryAuth, digest  # noqa: E402
 from ui.auth import (  # noqa: E402
     COOKIE,
     ClaimsRefused,
@@ -448,7 +448,8 @@ class Console:
 
     # -- opening a notebook -------------------------------------------------------------------
     async def authorize(self, request: Request) -> Response:
-        """Step 2 of the open flow (``launcher.webauth``): the owner, logged in here, gets a one-time code."""
+        """Step 2 of the open flow (``launcher.adapters.redis_webauth``): the owner, logged in here, gets a
+        one-time code."""
         try:
             return await run_in_threadpool(self._authorize, request.cookies, request.url.path, request.url.query)
         except redis.RedisError as exc:

@@ -1,6 +1,6 @@
 """Who is using the console: a users file with argon2 hashes (default) or OpenID Connect.
 
-Either way a login ends in a server-side console login in Redis (``launcher.logins``): the browser's
+Either way a login ends in a server-side console login in Redis (``launcher.adapters.redis_logins``): the browser's
 ``nbl_login`` cookie (HttpOnly, SameSite=Lax, HMAC-signed with ``LAUNCHER_COOKIE_SECRET``) carries only
 the login's random id. The role is read again on every request (the users file in password mode, the
 roles file in OIDC mode); when it no longer grants what the login had, or the user is gone, the login
@@ -22,8 +22,8 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from launcher.adapters.redis_logins import Login, LoginStore, valid_login_id
 from launcher.errors import InvalidRequest
-from launcher.logins import Login, LoginStore, valid_login_id
 from launcher.models import Actor, Role
 from launcher.rbac import ROLE_PERMISSIONS
 from launcher.settings import Settings

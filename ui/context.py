@@ -14,15 +14,15 @@ from collections.abc import Mapping
 import redis
 import streamlit as st
 
-from launcher.dispatch import CeleryDispatcher
+from launcher.adapters.celery_dispatch import CeleryDispatcher
+from launcher.adapters.redis_logins import LoginStore
+from launcher.adapters.redis_store import SessionStore
 from launcher.errors import LauncherError
-from launcher.logins import LoginStore
 from launcher.logs import event
 from launcher.models import Actor, Permission
 from launcher.rbac import authorize
 from launcher.service import LauncherService
 from launcher.settings import Settings
-from launcher.store import SessionStore
 from ui.auth import Resolved, resolve, shown_name
 
 log = logging.getLogger("launcher.console")

@@ -16,11 +16,11 @@ import sys
 
 import redis
 
+from launcher.adapters.redis_logins import LoginStore
+from launcher.adapters.redis_store import SessionStore
 from launcher.errors import LauncherError
-from launcher.logins import LoginStore
 from launcher.models import Role
 from launcher.settings import Settings
-from launcher.store import SessionStore
 from ui.auth import UserStore, shown_name
 
 

@@ -1,7 +1,7 @@
 """Read a notebook's activity from its Jupyter REST API, over the socket the entry point uses.
 
 Requests carry ``no_track_activity=1`` so that the probe itself never counts as activity. The
-server is not trusted: the three calls of one probe share one deadline (``launcher.jupyter``
+server is not trusted: the three calls of one probe share one deadline (``launcher.adapters.jupyter_http``
 bounds each call's time and size), every answer's shape is checked, and timestamps later than now
 are taken as now (a server reporting the future must not make its session unreapable).
 """
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from launcher.jupyter import PROBE_DEADLINE_S, BadAnswer, NoAnswer, api_get
+from launcher.adapters.jupyter_http import PROBE_DEADLINE_S, BadAnswer, NoAnswer, api_get
 from launcher.models import utcnow
 
 MAX_COUNT = 1_000_000  # a larger "connections" is not an answer Jupyter gives
@@ -64,7 +64,7 @@ def probe(
     """One look at the server: ``/api/status``, ``/api/kernels``, ``/api/terminals`` within one deadline.
 
     ``deadline`` bounds the whole look in seconds (``timeout`` is an older name for it). Raises
-    ``launcher.jupyter.NoAnswer`` (an OSError) or ``BadAnswer`` (a ValueError); a 404 for
+    ``launcher.adapters.jupyter_http.NoAnswer`` (an OSError) or ``BadAnswer`` (a ValueError); a 404 for
     terminals means they are disabled and counts as none.
     """
     budget = timeout if timeout is not None else deadline

@@ -14,7 +14,7 @@ from celery.signals import worker_ready
 from celery.worker.consumer.consumer import Consumer as CeleryConsumer
 
 from celeryconfig import build
-from launcher.dispatch import CeleryDispatcher
+from launcher.adapters.celery_dispatch import CeleryDispatcher
 from launcher.errors import LauncherError
 from launcher.logs import event
 from launcher.settings import Settings

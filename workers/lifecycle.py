@@ -20,17 +20,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from launcher.adapters.jupyter_http import wait_ready
+from launcher.adapters.redis_store import SessionStore
 from launcher.errors import Conflict, LauncherError, NotFound, RuntimeUnavailable
 from launcher.flows import fail
-from launcher.jupyter import wait_ready
 from launcher.logs import event
 from launcher.models import Reason, Session, SessionStatus, utcnow
+from launcher.ports import ContainerState, Runtime
 from launcher.settings import Settings
 from launcher.spec import build_container_spec, container_name
-from launcher.store import SessionStore
 from launcher.transitions import ActorKind, By, MarkRunning, MarkStarting, MarkStopped, SetPhase
 from workers import hostfs, quota
-from workers.runtime import ContainerState, Runtime
 
 log = logging.getLogger("launcher.worker")
 T = TypeVar("T")

@@ -12,22 +12,21 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime
 from pathlib import Path
 
-from launcher.dispatch import Dispatcher
+from launcher.adapters.jupyter_http import PROBE_DEADLINE_S, NoAnswer
+from launcher.adapters.redis_store import SessionStore
 from launcher.errors import Conflict, LauncherError, NotFound
 from launcher.flows import fail, request_stop
-from launcher.jupyter import PROBE_DEADLINE_S, NoAnswer
 from launcher.logs import event
 from launcher.models import Reason, Session, SessionStatus, utcnow
 from launcher.policy import Deadlines, Due, ReapPolicy, Verdict, deadline_due, should_reap
+from launcher.ports import ContainerState, Dispatcher
 from launcher.settings import Settings
 from launcher.spec import LABEL_PREFIX, container_name
-from launcher.store import SessionStore
 from launcher.transitions import ActorKind, By, MarkStopped, RecordActivity
 from launcher.validation import validate_template_name, validate_user_id
 from workers import hostfs, quota
 from workers.activity import Activity, probe
 from workers.lifecycle import WorkerContext, clean_up
-from workers.runtime import ContainerState
 
 log = logging.getLogger("launcher.worker")
 REAPER = By(ActorKind.REAPER)

@@ -8,8 +8,8 @@ from functools import cache
 
 from celery import Task, shared_task
 
+from launcher.adapters.celery_dispatch import CeleryDispatcher
 from launcher.bootstrap import build_worker_context
-from launcher.dispatch import CeleryDispatcher
 from launcher.policy import Deadlines, ReapPolicy
 from launcher.settings import Settings
 from workers import lifecycle, sweeps

@@ -6,7 +6,7 @@ sends it, for a request to ``<sid>.<notebook domain>``:
     /_nbl_auth       (``auth_request`` subrequest, no body) 200 with ``X-Nbl-Token`` for nginx to add
                      upstream, 401 when the browser holds no valid cookie for this session (nginx
                      then starts the open flow), 403 otherwise (``X-Nbl-Reason`` says why)
-    /_nbl/start      step 1 of the open flow (``launcher.webauth``)
+    /_nbl/start      step 1 of the open flow (``launcher.adapters.redis_webauth``)
     /_nbl/callback   step 3
 
 The session id comes from nginx (``X-Nbl-Sid``, captured from the Host by ``server_name``), the
@@ -25,8 +25,7 @@ from urllib.parse import parse_qs, urlencode
 
 import redis.asyncio
 
-from launcher.settings import Settings
-from launcher.webauth import (
+from launcher.adapters.redis_webauth import (
     CHECK_SCRIPT,
     REDEEM_SCRIPT,
     SESSION_COOKIE,
@@ -37,6 +36,7 @@ from launcher.webauth import (
     valid_random,
     valid_sid,
 )
+from launcher.settings import Settings
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

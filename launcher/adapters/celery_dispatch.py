@@ -1,10 +1,10 @@
-"""Enqueueing work for the workers, by task name (the console and CLI never import workers/)."""
+"""The dispatcher port on Celery: enqueue work for the workers by task name (the console and CLI never
+import workers/)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Protocol
 
 import kombu.exceptions
 import redis
@@ -18,14 +18,6 @@ from launcher.settings import Settings
 START_TASK = "workers.tasks.start_session"
 STOP_TASK = "workers.tasks.stop_session"
 DISCARD_TASK = "workers.tasks.discard_session"
-
-
-class Dispatcher(Protocol):
-    """Hands container work to the host that owns the session. Raises ``RuntimeUnavailable``."""
-
-    def start(self, session: Session) -> None: ...
-    def stop(self, session: Session) -> None: ...
-    def discard(self, session: Session) -> None: ...
 
 
 @contextlib.contextmanager

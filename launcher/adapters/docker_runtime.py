@@ -12,56 +12,16 @@ image or a refused create is ``StartFailed`` with a message an operator can act 
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 import docker
 import docker.errors
 import requests
 
 from launcher.errors import RuntimeUnavailable, StartFailed
+from launcher.ports import LOG_MAX_BYTES, ContainerState, Handle, ManagedContainer
 from launcher.spec import LABEL_PREFIX
-
-LOG_MAX_BYTES = 8192  # a start log kept for people: the tail, never the whole output
-
-
-class ContainerState(StrEnum):
-    CREATED = "created"
-    RUNNING = "running"
-    EXITED = "exited"
-    OOM_KILLED = "oom_killed"
-    MISSING = "missing"
-    UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True)
-class Handle:
-    id: str
-    name: str
-    adopted: bool = False  # True when the container already existed (a retried start)
-
-
-@dataclass(frozen=True)
-class ManagedContainer:
-    id: str
-    name: str
-    state: ContainerState
-    labels: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def session_id(self) -> str:
-        return self.labels.get(f"{LABEL_PREFIX}.session", "")
-
-
-class Runtime(Protocol):
-    def start(self, spec: dict[str, Any]) -> Handle: ...
-    def state(self, name: str) -> ContainerState: ...
-    def stop(self, name: str, timeout: int = 10) -> None: ...
-    def list_managed(self, instance: str) -> list[ManagedContainer]: ...
-    def logs(self, name: str, tail: int = 40) -> str: ...
 
 
 def _state_of(attrs: dict[str, Any]) -> ContainerState:
@@ -180,54 +140,3 @@ class DockerRuntime:
         return int(usage.get("usage", 0)) - int(usage.get("stats", {}).get("cache", 0))
 
 
-@dataclass
-class _FakeContainer:
-    id: str
-    name: str
-    labels: dict[str, str]
-    state: ContainerState
-
-
-class FakeRuntime:
-    """An in-memory ``Runtime`` for fast tests of lifecycle logic (not of isolation)."""
-
-    def __init__(self) -> None:
-        self.containers: dict[str, _FakeContainer] = {}
-        self.output: dict[str, str] = {}  # what a container "printed", by name
-        self.fail_next_start: Exception | None = None
-        self._lock = threading.Lock()
-        self._seq = 0
-
-    def start(self, spec: dict[str, Any]) -> Handle:
-        with self._lock:
-            if self.fail_next_start is not None:
-                exc, self.fail_next_start = self.fail_next_start, None
-                raise exc
-            name = spec["name"]
-            existing = self.containers.get(name)
-            if existing is not None:
-                existing.state = ContainerState.RUNNING
-                return Handle(id=existing.id, name=name, adopted=True)
-            self._seq += 1
-            cid = f"fake{self._seq:060d}"
-            self.containers[name] = _FakeContainer(cid, name, dict(spec["labels"]), ContainerState.RUNNING)
-            return Handle(id=cid, name=name)
-
-    def state(self, name: str) -> ContainerState:
-        container = self.containers.get(name)
-        return container.state if container else ContainerState.MISSING
-
-    def stop(self, name: str, timeout: int = 10) -> None:
-        with self._lock:
-            self.containers.pop(name, None)
-
-    def list_managed(self, instance: str) -> list[ManagedContainer]:
-        return [
-            ManagedContainer(c.id, c.name, c.state, dict(c.labels))
-            for c in self.containers.values()
-            if c.labels.get(f"{LABEL_PREFIX}.instance") == instance
-        ]
-
-    def logs(self, name: str, tail: int = 40) -> str:
-        lines = self.output.get(name, "").splitlines()[-max(1, tail) :]
-        return "\n".join(lines)[-LOG_MAX_BYTES:]

@@ -2,7 +2,7 @@
 
 A console login is a random id (``secrets.token_urlsafe(32)``) naming a Redis hash; the browser's
 ``nbl_login`` cookie carries that id (HMAC-signed, see ``ui.auth``). Deleting the hash ends the login
-everywhere at once: the console refuses the cookie, and the entry point (``launcher.webauth``), which
+everywhere at once: the console refuses the cookie, and the entry point (``launcher.adapters.redis_webauth``), which
 checks ``HGET <prefix>login:<id> user`` on every request, refuses every notebook cookie minted under it.
 
 Redis keys (``P`` is ``<instance>:``), all with a TTL:

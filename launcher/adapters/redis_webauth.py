@@ -39,11 +39,11 @@ from urllib.parse import urlencode
 
 import redis
 
+from launcher.adapters.redis_store import SessionStore
 from launcher.errors import InvalidRequest, NotFound, PermissionDenied
 from launcher.models import SESSION_ID_PATTERN, Actor, Permission, SessionStatus
 from launcher.rbac import authorize
 from launcher.settings import Settings
-from launcher.store import SessionStore
 
 STATE_COOKIE = "__Host-nbl-state"
 SESSION_COOKIE = "__Host-nbl"

@@ -1,0 +1,64 @@
+"""The runtime port in memory: for fast tests of lifecycle logic (not of isolation). The contract suite
+(tests/test_runtime_contract.py) runs the same cases against it and the Docker engine."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from launcher.ports import LOG_MAX_BYTES, ContainerState, Handle, ManagedContainer
+from launcher.spec import LABEL_PREFIX
+
+
+@dataclass
+class _FakeContainer:
+    id: str
+    name: str
+    labels: dict[str, str]
+    state: ContainerState
+
+
+class FakeRuntime:
+    """An in-memory ``Runtime`` for fast tests of lifecycle logic (not of isolation)."""
+
+    def __init__(self) -> None:
+        self.containers: dict[str, _FakeContainer] = {}
+        self.output: dict[str, str] = {}  # what a container "printed", by name
+        self.fail_next_start: Exception | None = None
+        self._lock = threading.Lock()
+        self._seq = 0
+
+    def start(self, spec: dict[str, Any]) -> Handle:
+        with self._lock:
+            if self.fail_next_start is not None:
+                exc, self.fail_next_start = self.fail_next_start, None
+                raise exc
+            name = spec["name"]
+            existing = self.containers.get(name)
+            if existing is not None:
+                existing.state = ContainerState.RUNNING
+                return Handle(id=existing.id, name=name, adopted=True)
+            self._seq += 1
+            cid = f"fake{self._seq:060d}"
+            self.containers[name] = _FakeContainer(cid, name, dict(spec["labels"]), ContainerState.RUNNING)
+            return Handle(id=cid, name=name)
+
+    def state(self, name: str) -> ContainerState:
+        container = self.containers.get(name)
+        return container.state if container else ContainerState.MISSING
+
+    def stop(self, name: str, timeout: int = 10) -> None:
+        with self._lock:
+            self.containers.pop(name, None)
+
+    def list_managed(self, instance: str) -> list[ManagedContainer]:
+        return [
+            ManagedContainer(c.id, c.name, c.state, dict(c.labels))
+            for c in self.containers.values()
+            if c.labels.get(f"{LABEL_PREFIX}.instance") == instance
+        ]
+
+    def logs(self, name: str, tail: int = 40) -> str:
+        lines = self.output.get(name, "").splitlines()[-max(1, tail) :]
+        return "\n".join(lines)[-LOG_MAX_BYTES:]
