@@ -11,7 +11,8 @@ from launcher.spec import build_container_spec, container_name
 
 
 def test_container_spec_literal(tmp_path):
-    """Mounts, env, limits, labels and security options are exactly what isolation needs."""
+    """Mounts, env, limits, labels and security options are exactly what isolation needs: no secret, user or
+    session id on the command line or in the environment, the secret's folder read-only, a non-login uid."""
     settings = Settings(
         instance="nbl",
         data_dir=Path("/srv/data"),
@@ -42,8 +43,8 @@ def test_container_spec_literal(tmp_path):
             "--no-browser",
             "--ServerApp.sock=/run/nb/jupyter.sock",
             "--ServerApp.sock_mode=0660",
-            "--ServerApp.base_url=/user/abcdefghij12/",
             "--ServerApp.root_dir=/home/jovyan/work",
+            "--ServerApp.identity_provider_class=nbl_identity.EntryPointIdentityProvider",
             "--ServerApp.allow_remote_access=True",
             "--LabApp.extension_manager=readonly",
             "--LabApp.news_url=",
@@ -57,15 +58,17 @@ def test_container_spec_literal(tmp_path):
             "io.nblauncher.host": "h1",
             "io.nblauncher.created": "2026-01-02T03:04:05+00:00",
         },
-        "user": "1000:1000",
+        "user": "59000:59000",
         "working_dir": "/home/jovyan/work",
         "hostname": "nb-abcdefghij12",
         "environment": {
-            "JUPYTER_TOKEN": "tok",
+            "NBL_AUTH_FILE": "/run/nbl/auth",
             "PYTHONPATH": "/opt/research",
             "DATA_PATH": "/data",
             "USER_ID": "ann",
             "HOME": "/home/jovyan",
+            "USER": "jovyan",
+            "LOGNAME": "jovyan",
             "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
         },
         "volumes": {
@@ -73,11 +76,12 @@ def test_container_spec_literal(tmp_path):
             "/srv/tpl": {"bind": "/templates", "mode": "ro"},
             "/srv/lib": {"bind": "/opt/research", "mode": "ro"},
             "/w/ann": {"bind": "/home/jovyan/work", "mode": "rw"},
-            "/s/abcdefghij12": {"bind": "/run/nb", "mode": "rw"},
+            "/s/abcdefghij12/sock": {"bind": "/run/nb", "mode": "rw"},
+            "/s/abcdefghij12/secret": {"bind": "/run/nbl", "mode": "ro"},
         },
         "tmpfs": {
             "/tmp": "rw,nosuid,nodev,size=1g,mode=1777",
-            "/home/jovyan": "rw,nosuid,nodev,size=1g,uid=1000,gid=1000,mode=0700",
+            "/home/jovyan": "rw,nosuid,nodev,size=1g,uid=59000,gid=59000,mode=0700",
         },
         "read_only": True,
         "network_mode": "none",
