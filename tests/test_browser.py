@@ -80,7 +80,8 @@ def test_researcher_journey_in_a_real_browser(clean_stack, browser, tmp_path):
         lab.close()
 
         page.bring_to_front()
-        page.get_by_text("Stop", exact=True).click()
+        page.get_by_role("button", name="Stop…").click()  # the console asks first
+        page.get_by_role("button", name="Yes, stop it").click()
         page.wait_for_selector(".st-key-launch-alpha_research button", timeout=60_000)
         page.screenshot(path=ARTIFACTS / "05-stopped.png", full_page=True)
         wait_for(lambda: st.store.get(session.id).status == SessionStatus.STOPPED, 30, "stopped in Redis")

@@ -112,7 +112,8 @@ def test_killed_container_is_detected(rstack):
     ended = rstack.service.wait(OP, s.id, ENDED, 30)
     assert ended.status == SessionStatus.ERROR and ended.stop_reason == "died"
     assert "exited unexpectedly" in ended.error
-    assert rstack.containers(session=s.id) == []
+    # The end state is written first, the clean-up follows: the container goes a moment later.
+    wait_for(lambda: rstack.containers(session=s.id) == [], 30, "the dead container to be removed")
 
 
 def test_oom_killed_container_is_reported_as_oom(rstack):
