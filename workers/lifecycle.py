@@ -113,13 +113,19 @@ def _once(what: str, session_id: str) -> Iterator[bool]:
                 _IN_FLIGHT.discard(key)
 
 
+def _once_per_worker(
+    what: str, ctx: WorkerContext, session_id: str, action: Callable[[WorkerContext, str], Session | None]
+) -> Session | None:
+    with _once(what, session_id) as first:
+        if not first:
+            event(log, f"session.{what}_skipped", session_id=session_id, why="already in progress in this worker")
+            return ctx.store.get(session_id)
+        return action(ctx, session_id)
+
+
 def start(ctx: WorkerContext, session_id: str) -> Session | None:
     """Bring the session's container up and mark it running, or end in ``error`` leaving nothing behind."""
-    with _once("start", session_id) as first:
-        if not first:
-            event(log, "session.start_skipped", session_id=session_id, why="already starting in this worker")
-            return ctx.store.get(session_id)
-        return _start(ctx, session_id)
+    return _once_per_worker("start", ctx, session_id, _start)
 
 
 def _start(ctx: WorkerContext, session_id: str) -> Session | None:
@@ -241,11 +247,7 @@ def _keep_start_log(ctx: WorkerContext, session_id: str, text: str) -> Session |
 
 def stop(ctx: WorkerContext, session_id: str) -> Session | None:
     """Stop and remove the container of a session in ``stopping``, then mark it stopped. Safe to repeat."""
-    with _once("stop", session_id) as first:
-        if not first:
-            event(log, "session.stop_skipped", session_id=session_id, why="already stopping in this worker")
-            return ctx.store.get(session_id)
-        return _stop(ctx, session_id)
+    return _once_per_worker("stop", ctx, session_id, _stop)
 
 
 def _stop(ctx: WorkerContext, session_id: str) -> Session | None:
