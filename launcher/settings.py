@@ -175,6 +175,12 @@ class Settings(BaseSettings):
             raise ValueError("set both LAUNCHER_ENTRYPOINT_TLS_CERT and LAUNCHER_ENTRYPOINT_TLS_KEY, or neither")
         if self.entrypoint_tls_cert is not None and not self.public_url.startswith("https://"):
             raise ValueError("with LAUNCHER_ENTRYPOINT_TLS_CERT, LAUNCHER_PUBLIC_URL must be https://...")
+        domain = self.notebook_domain
+        if self.public_url.startswith("http://") and not (domain == "localhost" or domain.endswith(".localhost")):
+            raise ValueError(
+                "LAUNCHER_PUBLIC_URL must be https:// outside *.localhost: browsers keep the entry point's "
+                "__Host- cookies only over TLS (a wildcard certificate at the entry point or at a proxy in front)"
+            )
         return self
 
     @field_validator("cookie_secret", "flower_password", mode="after")

@@ -33,3 +33,14 @@ def test_public_development_secrets_are_refused():
     ok = Settings(mode="production", cookie_secret="x" * 32, flower_password="y" * 20, redis_password="z" * 20)
     assert ok.mode == "production"
     assert Path(ok.templates_dir).is_dir()
+
+
+def test_entry_point_needs_tls_outside_localhost():
+    """A notebook domain other than *.localhost must be served over https: its __Host- cookies need TLS."""
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="must be https"):
+        Settings(public_url="http://nb.example.org:8080")
+    assert Settings(public_url="https://nb.example.org").session_origin("abcdefabcdef") == "https://abcdefabcdef.nb.example.org"
+    assert Settings(public_url="http://nb.localhost:8080").notebook_domain == "nb.localhost"
