@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hmac  # noqa: E402
 import html  # noqa: E402
+import importlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 from typing import Any  # noqa: E402
@@ -59,6 +60,11 @@ from ui.auth import (  # noqa: E402
     sign,
     unsign,
 )
+
+# Import what the pages import now, once, before any browser connects: a module imported during a page's
+# first run can be interrupted by Streamlit stopping that run (a rerun request), which leaves a half-made
+# module behind ("'NoneType' object has no attribute '__dict__'" in a dataclass; seen on a loaded machine).
+importlib.import_module("ui.views")
 
 log = logging.getLogger("launcher.console")
 MAX_FORM_BYTES = 4096
