@@ -75,7 +75,6 @@ OWN_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-ur
 STREAMLIT_CSP = "frame-ancestors 'self'; base-uri 'self'; object-src 'none'"
 _OWN_PATHS = ("/login", "/logout", "/oauth2callback", "/_nbl/")
 # Cookie keys that were once development defaults: public, so never accepted.
-PUBLIC_COOKIE_SECRETS = frozenset({"dev-cookie-secret-change-me"})
 
 
 # -- logging: the console's events must reach its log as started by scripts/start.sh ----------------
@@ -108,9 +107,7 @@ def load_settings() -> Settings:
             "console: LAUNCHER_COOKIE_SECRET is not set: refusing to start without a cookie key "
             "(scripts/start.sh generates one on first start and keeps it under var/)"
         )
-    if settings.cookie_secret.get_secret_value() in PUBLIC_COOKIE_SECRETS:
-        raise SystemExit("console: LAUNCHER_COOKIE_SECRET is a public development value: use a generated secret")
-    return settings
+    return settings  # a public development value is refused by Settings itself
 
 
 # -- security headers ------------------------------------------------------------------------------
