@@ -74,7 +74,6 @@ OIDC_STATE_TTL_S = 600
 OWN_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; frame-ancestors 'none'"
 STREAMLIT_CSP = "frame-ancestors 'self'; base-uri 'self'; object-src 'none'"
 _OWN_PATHS = ("/login", "/logout", "/oauth2callback", "/_nbl/")
-# Cookie keys that were once development defaults: public, so never accepted.
 
 
 # -- logging: the console's events must reach its log as started by scripts/start.sh ----------------
