@@ -55,12 +55,17 @@ def redis_url(workdir: Path) -> Iterator[str]:
 
 @pytest.fixture
 def unit_settings(tmp_path: Path) -> Settings:
-    """Settings for tests that need no Docker: templates from the repo, folders in tmp, generated secrets."""
+    """Settings for tests that need no Docker: templates from the repo, folders in tmp, generated secrets.
+
+    Quotas are measured, not mounted: these tests run no container that would unmount a workspace image
+    (tests/test_quota.py tests the filesystem quotas with real containers)."""
     return Settings(
         instance=random_instance(),
         workspaces_dir=tmp_path / "workspaces",
         sessions_dir=tmp_path / "sessions",
         data_dir=tmp_path / "data",
+        workspace_images_dir=tmp_path / "workspace-images",
+        workspace_quota_enforce="measure",
         cookie_secret=secrets.token_urlsafe(32),
         flower_password=secrets.token_urlsafe(16),
     )

@@ -71,6 +71,8 @@ def redis_console(redis_url, monkeypatch, tmp_path):
         workspaces_dir=tmp_path / "workspaces",
         sessions_dir=tmp_path / "sessions",
         data_dir=tmp_path / "data",
+        workspace_images_dir=tmp_path / "workspace-images",
+        workspace_quota_enforce="measure",
     )
     make = _console_factory(settings, monkeypatch, tmp_path)
     make.settings = settings
@@ -291,6 +293,8 @@ def live_console(redis_url, tmp_path):
         workspaces_dir=tmp_path / "workspaces",
         sessions_dir=tmp_path / "sessions",
         data_dir=tmp_path / "data",
+        workspace_images_dir=tmp_path / "workspace-images",
+        workspace_quota_enforce="measure",
         console_url=f"http://127.0.0.1:{free_port()}",  # never the default 8501 of a console running here
     )
     proc, url = start_console(settings, tmp_path, LAUNCHER_USERS_FILE=str(settings.users_file))

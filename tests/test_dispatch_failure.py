@@ -33,6 +33,8 @@ def settings(redis_url, tmp_path) -> Settings:
         workspaces_dir=tmp_path / "workspaces",
         sessions_dir=tmp_path / "sessions",
         data_dir=tmp_path / "data",
+        workspace_images_dir=tmp_path / "workspace-images",
+        workspace_quota_enforce="measure",
         cookie_secret=secrets.token_urlsafe(32),
         flower_password=secrets.token_urlsafe(16),
         max_sessions=2,
