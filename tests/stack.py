@@ -245,6 +245,11 @@ class Stack:
     def containers(self, **labels: str) -> list:
         filters = [f"{LABEL_PREFIX}.instance={self.settings.instance}"]
         filters += [f"{LABEL_PREFIX}.{k}={v}" for k, v in labels.items()]
+        for _ in range(5):  # a container removed between the list and its inspect: list again
+            try:
+                return self.docker.containers.list(all=True, filters={"label": filters})
+            except docker.errors.NotFound:
+                continue
         return self.docker.containers.list(all=True, filters={"label": filters})
 
     def stop_everything(self) -> None:
