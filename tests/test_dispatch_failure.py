@@ -20,26 +20,15 @@ from launcher.models import Actor, Role, SessionStatus
 from launcher.service import LauncherService
 from launcher.settings import Settings
 from tests.helpers import free_port
-from tests.stack import random_instance, start_redis
+from tests.stack import start_redis
 
 FAIL_WITHIN_S = 10  # kombu retries a publish a few times (under a second here); the console must not hang
 
 
 @pytest.fixture
-def settings(redis_url, tmp_path) -> Settings:
-    return Settings(
-        instance=random_instance(),
-        redis_url=redis_url,
-        workspaces_dir=tmp_path / "workspaces",
-        sessions_dir=tmp_path / "sessions",
-        data_dir=tmp_path / "data",
-        workspace_images_dir=tmp_path / "workspace-images",
-        workspace_quota_enforce="measure",
-        cookie_secret=secrets.token_urlsafe(32),
-        flower_password=secrets.token_urlsafe(16),
-        max_sessions=2,
-        max_sessions_per_host=2,  # a leaked seat would refuse the relaunch
-    )
+def settings(redis_url, unit_settings) -> Settings:
+    # Caps of two: a leaked seat would refuse the relaunch.
+    return unit_settings.model_copy(update={"redis_url": redis_url, "max_sessions": 2, "max_sessions_per_host": 2})
 
 
 @pytest.fixture
