@@ -42,8 +42,13 @@ def build(settings: Settings) -> dict[str, Any]:
     }
 
 
+# The per-host sweeps: Beat sends each to the control queue, where ``workers.tasks.fan_out`` sends it on to every
+# host registered in Redis and answering (hosts register themselves: no list of hosts to repeat anywhere).
+PER_HOST_SWEEPS = ("heartbeat", "reconcile", "measure_workspaces")
+
+
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Heartbeat and reconcile run on every host's own queue; reap runs once, on the control queue.
+    """Reap and the deadline sweep run once, on the control queue; the per-host sweeps fan out to every host.
 
     Each entry expires after one interval: a backlog of stale sweeps is dropped, not replayed.
     """
@@ -59,15 +64,15 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "options": {"queue": settings.control_queue, "expires": settings.deadline_sweep_interval_s},
         },
     }
-    for host in settings.hosts:
-        for name, interval in (
-            ("heartbeat", settings.heartbeat_interval_s),
-            ("reconcile", settings.reconcile_interval_s),
-            ("measure_workspaces", settings.workspace_measure_interval_s),
-        ):
-            schedule[f"{name}-{host}"] = {
-                "task": f"workers.tasks.{name}",
-                "schedule": interval,
-                "options": {"queue": settings.queue_for_host(host), "expires": interval},
-            }
+    for name, interval in (
+        ("heartbeat", settings.heartbeat_interval_s),
+        ("reconcile", settings.reconcile_interval_s),
+        ("measure_workspaces", settings.workspace_measure_interval_s),
+    ):
+        schedule[f"{name}-every-host"] = {
+            "task": "workers.tasks.fan_out",
+            "schedule": interval,
+            "args": [name, interval],
+            "options": {"queue": settings.control_queue, "expires": interval},
+        }
     return schedule

@@ -1,4 +1,4 @@
-"""Operator CLI: ``launcher start|stop|status|stop-all|audit|templates``.
+"""Operator CLI: ``launcher start|stop|status|stop-all|audit|templates|hosts|queue``.
 
 Acts with operator (admin) authority. Exit 0 on success; otherwise a one-line reason on stderr and
 the exit code of the error class (see ``launcher.errors``). ``status`` never prints a token;
@@ -18,14 +18,26 @@ from typing import Any
 
 from launcher.bootstrap import build_service
 from launcher.errors import InvalidRequest, LauncherError
-from launcher.models import TERMINAL_STATUSES, Actor, Session, SessionStatus
+from launcher.models import TERMINAL_STATUSES, Actor, HostInfo, HostState, Session, SessionStatus
+from launcher.service import LauncherService
 from launcher.settings import Settings
 from launcher.validation import validate_user_id
 
 
 def _row(s: Session) -> str:
     last = s.last_activity_at.strftime("%H:%M:%S") if s.last_activity_at else "-"
-    return f"{s.id}  {s.user:<20} {s.template:<16} {s.status.value:<9} {s.host or '-':<10} last={last}"
+    return (
+        f"{s.id}  {s.user:<20} {s.label:<16} {s.profile:<9} {s.status.value:<9} {s.host or '-':<10} last={last}"
+    )
+
+
+def _host_row(h: HostInfo) -> str:
+    gib = 2**30
+    return (
+        f"{h.name:<12} {h.state.value:<9} sessions {h.sessions}/{h.max_sessions}  "
+        f"cpus {h.used_cpus:g}/{h.cpus:g}  memory {h.used_mem_bytes / gib:.1f}/{h.mem_bytes / gib:.1f} GiB  "
+        f"seen {h.seen_at:%H:%M:%S}" + (" (drained)" if h.drained and h.state != HostState.DRAINING else "")
+    )
 
 
 def _print_session(session: Session, as_json: bool, *, with_open_url: bool) -> None:
@@ -48,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     start = sub.add_parser("start", help="launch a notebook for a user")
     start.add_argument("--user", required=True)
     start.add_argument("--template", required=True)
-    start.add_argument("--wait", action="store_true", help="wait until it is running (or failed)")
+    start.add_argument("--profile", help="resource profile (default: the configured default)")
+    start.add_argument("--name", help="the session's name (default: the template's); unique among the user's")
+    start.add_argument("--wait", action="store_true", help="wait until it is running (or failed), in the queue too")
+    start.add_argument("--no-queue", action="store_true", help="refuse instead of waiting when no host has room")
     start.add_argument("--timeout", type=float, default=180.0)
     start.add_argument("--json", action="store_true")
     start.add_argument(
@@ -56,8 +71,10 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start for a user the console does not know (password mode: not in the users file)",
     )
-    stop = sub.add_parser("stop", help="stop a user's session")
-    stop.add_argument("--user", required=True)
+    stop = sub.add_parser("stop", help="stop a user's session (a waiting launch is cancelled)")
+    who = stop.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="the user's newest live session")
+    who.add_argument("--session", help="one session by id")
     stop.add_argument("--wait", action="store_true")
     stop.add_argument("--timeout", type=float, default=60.0)
     stop.add_argument("--json", action="store_true")
@@ -72,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, default=50)
     audit.add_argument("--json", action="store_true")
     sub.add_parser("templates", help="list the templates")
+    hosts = sub.add_parser("hosts", help="the Docker hosts: room, load, state; drain, undrain or forget one")
+    hosts.add_argument("action", nargs="?", choices=["list", "drain", "undrain", "forget"], default="list")
+    hosts.add_argument("host", nargs="?")
+    hosts.add_argument("--json", action="store_true")
+    queue = sub.add_parser("queue", help="the admission queue, first in line first")
+    queue.add_argument("--json", action="store_true")
     return p
 
 
@@ -100,7 +123,12 @@ def run(argv: Sequence[str] | None, settings: Settings) -> int:
     if args.command == "start":
         if not args.service_account:
             _require_known_user(settings, args.user)
-        session = service.launch(actor, args.template, user=args.user)
+        session = service.launch(
+            actor, args.template, user=args.user, profile=args.profile, name=args.name, queue=not args.no_queue
+        )
+        if session.status == SessionStatus.WAITING and not args.json:
+            place = service.store.queue_position(session)
+            print(f"waiting for room: number {place} in the queue", file=sys.stderr)
         if args.wait:
             session = service.wait(actor, session.id, {SessionStatus.RUNNING}, args.timeout)
         session = service.get(actor, session.id)
@@ -109,7 +137,7 @@ def run(argv: Sequence[str] | None, settings: Settings) -> int:
             print(f"launcher: error: start failed: {session.error}", file=sys.stderr)
             return 8
     elif args.command == "stop":
-        session = service.stop(actor, args.user)
+        session = service.stop(actor, args.user, session_id=args.session)
         if args.wait:
             session = service.wait(actor, session.id, set(TERMINAL_STATUSES), args.timeout)
         _print_session(session, args.json, with_open_url=False)
@@ -150,6 +178,40 @@ def run(argv: Sequence[str] | None, settings: Settings) -> int:
             )
     elif args.command == "templates":
         print("\n".join(service.templates()))
+    elif args.command == "hosts":
+        return _hosts(service, actor, args)
+    elif args.command == "queue":
+        waiting = service.queue(actor)
+        if args.json:
+            print(json.dumps([s.public() for s in waiting], indent=2))
+        else:
+            for place, s in enumerate(waiting, start=1):
+                print(f"{place:>3}. {_row(s)} waiting since {s.status_since:%H:%M:%S}")
+            stats = service.queue_stats(actor)
+            p50 = stats["recent_wait_p50_s"]
+            print(f"{int(stats['depth'])} waiting; recent admissions waited {p50:.1f} s (median)")
+    return 0
+
+
+def _hosts(service: LauncherService, actor: Actor, args: argparse.Namespace) -> int:
+    if args.action != "list":
+        if not args.host:
+            raise InvalidRequest(f"launcher hosts {args.action} needs a host name")
+        if args.action == "forget":
+            service.forget_host(actor, args.host)
+            print(f"forgot host {args.host}")
+            return 0
+        info = service.drain(actor, args.host, draining=args.action == "drain")
+        print(_host_row(info))
+        return 0
+    hosts = service.hosts(actor)
+    if args.json:
+        print(json.dumps([h.model_dump(mode="json") for h in hosts], indent=2))
+    else:
+        for h in hosts:
+            print(_host_row(h))
+        if not hosts:
+            print("no Docker host has registered (is a worker running?)")
     return 0
 
 

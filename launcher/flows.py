@@ -13,9 +13,9 @@ import logging
 
 from launcher.errors import Conflict, NotFound, RuntimeUnavailable
 from launcher.logs import event
-from launcher.models import Reason, Session
+from launcher.models import Reason, Session, SessionStatus
 from launcher.ports import Dispatcher, SessionRepository
-from launcher.transitions import By, FailStart, MarkFailed, RequestStop
+from launcher.transitions import By, Cancel, FailStart, MarkFailed, RequestStop, Requeue
 
 log = logging.getLogger("launcher")
 
@@ -31,9 +31,19 @@ def request_stop(
 ) -> Session:
     """Move a live session to ``stopping`` and ask its host to stop it.
 
+    A launch still waiting for room is cancelled instead (it ends at once: nothing runs anywhere).
     Raises ``NotFound`` / ``Conflict`` when there is nothing to stop. A dispatch that fails is logged,
     not raised: the session is already ``stopping``, and the deadline sweep sends the stop again.
     """
+    current = store.get(session_id)
+    if current is not None and current.status == SessionStatus.WAITING:
+        try:
+            ended = store.apply(session_id, Cancel(by=by, reason=reason))
+        except Conflict:  # admitted meanwhile: stop it like any other
+            pass
+        else:
+            admit_waiting(store, dispatcher)  # the head of the queue may have been what held the others
+            return ended
     session = store.apply(session_id, RequestStop(by=by, reason=reason, batch=batch))
     try:
         dispatcher.stop(session)
@@ -61,10 +71,38 @@ def fail(
         session = store.apply(session_id, command)
     except (Conflict, NotFound):
         return store.get(session_id)
-    if dispatcher is not None:
+    if dispatcher is not None and session.host is not None:
         try:
             dispatcher.discard(session)
         except RuntimeUnavailable as exc:  # reconcile on that host removes what is left
             failed = exc.log_message
             event(log, "session.discard_dispatch_failed", level=logging.WARNING, session_id=session_id, error=failed)
     return session
+
+
+def admit_waiting(store: SessionRepository, dispatcher: Dispatcher, *, actor: str = "launcher") -> list[Session]:
+    """Admit waiting launches while hosts have room (in arrival order) and send each admitted start to its host.
+
+    Called wherever room may have freed or arrived: a launch, a stop or failure, a host that registers, the
+    deadline sweep. A start whose dispatch fails stays ``queued``: the deadline sweep sends it again.
+    """
+    admitted = store.admit(actor=actor)
+    dispatch_starts(dispatcher, admitted)
+    return admitted
+
+
+def dispatch_starts(dispatcher: Dispatcher, sessions: list[Session]) -> None:
+    for session in sessions:
+        try:
+            dispatcher.start(session)
+        except RuntimeUnavailable as exc:
+            failed = exc.log_message
+            event(log, "session.start_dispatch_failed", level=logging.WARNING, session_id=session.id, error=failed)
+
+
+def requeue(store: SessionRepository, session_id: str, by: By) -> Session | None:
+    """Put an admitted launch whose host went down before starting it back in the queue, in its old place."""
+    try:
+        return store.apply(session_id, Requeue(by=by, reason=Reason.HOST_DOWN))
+    except (Conflict, NotFound):
+        return None

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializationInfo,
 
 from launcher.errors import SchemaMismatch
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SESSION_ID_ALPHABET = string.ascii_lowercase + string.digits
 SESSION_ID_PATTERN = r"^[a-z0-9]{12}$"
 
@@ -31,7 +31,8 @@ def new_token() -> SecretStr:
 
 
 class SessionStatus(StrEnum):
-    QUEUED = "queued"
+    WAITING = "waiting"  # in the admission queue: no host has room for it yet
+    QUEUED = "queued"  # admitted and placed on a host: its start is on the host's queue
     STARTING = "starting"
     RUNNING = "running"
     STOPPING = "stopping"
@@ -43,14 +44,20 @@ class SessionStatus(StrEnum):
         return self in LIVE_STATUSES
 
 
-LIVE_STATUSES = frozenset({SessionStatus.QUEUED, SessionStatus.STARTING, SessionStatus.RUNNING, SessionStatus.STOPPING})
+LIVE_STATUSES = frozenset(
+    {SessionStatus.WAITING, SessionStatus.QUEUED, SessionStatus.STARTING, SessionStatus.RUNNING, SessionStatus.STOPPING}
+)
 TERMINAL_STATUSES = frozenset({SessionStatus.STOPPED, SessionStatus.ERROR})
+# A launch in progress: a user has at most one (launcher.adapters.redis_store enforces it).
+PENDING_STATUSES = frozenset({SessionStatus.WAITING, SessionStatus.QUEUED, SessionStatus.STARTING})
 
 
 class Reason(StrEnum):
     """Why a session changed: the only values the audit stream's ``reason`` holds."""
 
     LAUNCH = "launch"  # reserved by a launch
+    ADMITTED = "admitted"  # left the admission queue: placed on a host with room
+    HOST_DOWN = "host_down"  # placed on a host that stopped answering before it started: back in the queue
     START = "start"  # a worker took it
     READY = "ready"  # Jupyter answered
     ACTIVITY = "activity"  # a heartbeat
@@ -68,6 +75,7 @@ class Reason(StrEnum):
     START_FAILED = "start_failed"  # the container or Jupyter did not come up
     DISPATCH_FAILED = "dispatch_failed"  # the task queue refused the start
     NO_WORKER = "no_worker"  # queued past its deadline: no worker took it
+    QUEUE_TIMEOUT = "queue_timeout"  # waited for room past the wait deadline
     START_TIMEOUT = "start_timeout"  # starting past its deadline
     STOP_TIMEOUT = "stop_timeout"  # stopping past its deadline: ended by force
 
@@ -109,6 +117,12 @@ class Session(BaseModel):
     id: str = Field(pattern=SESSION_ID_PATTERN)
     user: str
     template: str
+    name: str = ""  # the owner's name for it (defaults to the template); unique among their live sessions
+    profile: str = "standard"
+    cpus: float = 2.0  # what it reserves on its host and is limited to (from its profile at launch)
+    mem_bytes: int = 4 * 2**30
+    pids_limit: int = 512
+    ticket: int = 0  # its place in the admission queue (arrival order)
     status: SessionStatus = SessionStatus.QUEUED
     status_since: datetime = Field(default_factory=utcnow)  # when it entered its status (for deadlines)
     phase: str | None = None  # what a live session is doing now, for people watching
@@ -136,6 +150,15 @@ class Session(BaseModel):
             return token.get_secret_value()
         return "**********"
 
+    @property
+    def millicpus(self) -> int:
+        return round(self.cpus * 1000)
+
+    @property
+    def label(self) -> str:
+        """How people call it: its name (the template's when they gave none)."""
+        return self.name or self.template
+
     def to_storage(self) -> str:
         return self.model_dump_json(context={"secrets": True})
 
@@ -151,6 +174,10 @@ class Session(BaseModel):
             )
         if version < 2:  # v1 had no status_since: count deadlines from creation
             data.setdefault("status_since", data.get("created_at"))
+        if version < 3:  # v2 had no name or profile: one session per user, the old fixed limits
+            data.setdefault("name", data.get("template", ""))
+            data.setdefault("cpus", 2.0)
+            data.setdefault("mem_bytes", 8 * 2**30)
         data["schema_version"] = SCHEMA_VERSION
         return cls.model_validate(data)
 
@@ -165,6 +192,47 @@ class Session(BaseModel):
         if self.url is None or self.status != SessionStatus.RUNNING:
             return None
         return f"{self.url.rstrip('/')}/_nbl/start"
+
+
+class HostState(StrEnum):
+    UP = "up"  # announcing itself; takes new sessions while it has room
+    DRAINING = "draining"  # an admin drains it: no new sessions, the ones it runs run out
+    DOWN = "down"  # its worker has not announced itself for longer than host_down_after_s
+
+
+class HostInfo(BaseModel):
+    """A Docker host as the registry sees it: what it offers, what is reserved on it, whether it answers."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    state: HostState
+    drained: bool  # set by an admin (a drained host that stops answering is down and drained)
+    cpus: float  # what it offers sessions: the engine's CPUs minus the reserve, times the overcommit
+    mem_bytes: int  # the engine's memory minus the reserve
+    used_cpus: float
+    used_mem_bytes: int
+    sessions: int
+    max_sessions: int
+    engine_cpus: int
+    engine_mem_bytes: int
+    seen_at: datetime | None
+
+    @property
+    def free_cpus(self) -> float:
+        return max(0.0, self.cpus - self.used_cpus)
+
+    @property
+    def free_mem_bytes(self) -> int:
+        return max(0, self.mem_bytes - self.used_mem_bytes)
+
+    def fits(self, cpus: float, mem_bytes: int) -> bool:
+        return (
+            self.state == HostState.UP
+            and self.sessions < self.max_sessions
+            and self.free_cpus + 1e-9 >= cpus
+            and self.free_mem_bytes >= mem_bytes
+        )
 
 
 class AuditEvent(BaseModel):

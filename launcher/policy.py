@@ -83,6 +83,8 @@ class Due(StrEnum):
     """What the deadline sweep does to one session."""
 
     NOTHING = "nothing"
+    FAIL_WAITING = "fail_waiting"  # waited for room past the wait deadline
+    REQUEUE = "requeue"  # admitted to a host that went down before starting it: back to the queue
     RESEND_START = "resend_start"  # queued a while: the start may have been lost; sending it again is safe
     RESEND_STOP = "resend_stop"  # stopping a while: the stop may have been lost (a broker outage)
     FAIL_QUEUED = "fail_queued"  # queued past its deadline: no worker took it
@@ -92,6 +94,7 @@ class Due(StrEnum):
 
 @dataclass(frozen=True)
 class Deadlines:
+    waiting: timedelta
     queued: timedelta
     starting: timedelta
     stopping: timedelta
@@ -100,6 +103,7 @@ class Deadlines:
     @classmethod
     def from_settings(cls, settings: Settings) -> Deadlines:
         return cls(
+            waiting=timedelta(seconds=settings.queue_wait_deadline_s),
             queued=timedelta(seconds=settings.queued_deadline_s),
             starting=timedelta(seconds=settings.starting_deadline_s),
             stopping=timedelta(seconds=settings.stopping_deadline_s),
@@ -107,9 +111,14 @@ class Deadlines:
         )
 
 
-def deadline_due(session: Session, now: datetime, deadlines: Deadlines) -> Due:
-    """What a live session's time in its status calls for (pure; table-tested)."""
+def deadline_due(session: Session, now: datetime, deadlines: Deadlines, *, host_down: bool = False) -> Due:
+    """What a live session's time in its status calls for (pure; table-tested). ``host_down``: its host has not
+    announced itself for longer than ``host_down_after_s``."""
     waited = now - session.status_since
+    if session.status == SessionStatus.WAITING:
+        return Due.FAIL_WAITING if waited >= deadlines.waiting else Due.NOTHING
+    if session.status == SessionStatus.QUEUED and host_down:
+        return Due.REQUEUE
     if session.status == SessionStatus.QUEUED:
         if waited >= deadlines.queued:
             return Due.FAIL_QUEUED

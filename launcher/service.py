@@ -13,11 +13,12 @@ from datetime import timedelta
 from pydantic import SecretStr
 
 from launcher.errors import Conflict, LauncherError, LimitReached, NotFound, PermissionDenied, RuntimeUnavailable
-from launcher.flows import fail, request_stop
+from launcher.flows import admit_waiting, dispatch_starts, fail, request_stop
 from launcher.models import (
     TERMINAL_STATUSES,
     Actor,
     AuditEvent,
+    HostInfo,
     Permission,
     Reason,
     Session,
@@ -31,8 +32,14 @@ from launcher.ports import Dispatcher, SessionRepository
 from launcher.rbac import authorize, may_act_on
 from launcher.settings import Settings
 from launcher.transitions import ActorKind, By, KeepAlive, SetMaxAgeExempt
-from launcher.validation import available_templates, resolve_template, validate_user_id
-from launcher.views import SessionView, Template, session_view, template, typical_launch
+from launcher.validation import (
+    available_templates,
+    resolve_template,
+    validate_profile_name,
+    validate_session_name,
+    validate_user_id,
+)
+from launcher.views import SessionView, Template, admission_interval, session_view, template, typical_launch
 
 TYPICAL_CACHE_S = 30.0  # the typical launch time is read from the audit stream at most this often
 
@@ -60,11 +67,15 @@ class LauncherService:
         self.store = store
         self.dispatcher = dispatcher
         self._typical: tuple[float, timedelta | None] = (-TYPICAL_CACHE_S, None)
+        self._interval: tuple[float, timedelta | None] = (-TYPICAL_CACHE_S, None)
 
     # -- helpers ----------------------------------------------------------------------------
     def _visible(self, actor: Actor, session: Session) -> Session:
         """Nobody receives the Jupyter secret: the entry point adds it upstream (launcher.adapters.redis_webauth)."""
         return redact(session)
+
+    def require_admin(self, actor: Actor) -> None:
+        self._require(actor, Permission.MANAGE_NOTEBOOKS)
 
     @staticmethod
     def _require(actor: Actor, permission: Permission) -> None:
@@ -93,30 +104,75 @@ class LauncherService:
             utcnow(),
             queue_position=self.store.queue_position(session),
             usage=self.store.usage(owner),
+            host_down=session.host in self._down_hosts(),
         )
 
     def session_views(self, actor: Actor) -> list[SessionView]:
         """Every live session, for admins (no secret in any of them)."""
-        now = utcnow()
-        return [session_view(s, self.settings, now) for s in self.list_sessions(actor)]
+        now, down = utcnow(), self._down_hosts()
+        return [
+            session_view(s, self.settings, now, queue_position=self.store.queue_position(s), host_down=s.host in down)
+            for s in self.list_sessions(actor)
+        ]
 
     # -- commands ---------------------------------------------------------------------------
-    def launch(self, actor: Actor, template: str, user: str | None = None) -> Session:
-        """Reserve a session for ``user`` (default: the actor) and enqueue its start."""
+    def profiles_for(self, actor: Actor) -> list[str]:
+        """The profiles this actor may launch with (the default first)."""
+        names = [n for n, p in self.settings.profiles.items() if actor.role.value in p.roles]
+        return sorted(names, key=lambda n: (n != self.settings.default_profile, n))
+
+    def launch(
+        self,
+        actor: Actor,
+        template: str,
+        user: str | None = None,
+        *,
+        profile: str | None = None,
+        name: str | None = None,
+        queue: bool = True,
+    ) -> Session:
+        """Record a launch for ``user`` (default: the actor) and, once admitted, enqueue its start.
+
+        The launch waits in the admission queue while no host has room for its profile (``queue=False``
+        refuses instead); every launch this admits (its own, or earlier ones it let through) is sent to its host.
+        """
         self._require(actor, Permission.LAUNCH_NOTEBOOKS)
         owner = validate_user_id(actor.name if user is None else user)
         if not may_act_on(actor, owner):
             raise PermissionDenied(f"{actor.name} may not launch a notebook for {owner}")
         resolve_template(self.settings.templates_dir, template)
+        chosen = validate_profile_name(profile or self.settings.default_profile, list(self.settings.profiles))
+        spec = self.settings.profile(chosen)
+        if actor.role.value not in spec.roles:
+            raise PermissionDenied(f"the {chosen!r} profile is for {' and '.join(spec.roles)} roles only")
+        label = validate_session_name(name if name else template.replace("_", "-"))
         self._check_quota(owner)
-        session = Session(id=new_session_id(), user=owner, template=template, token=new_token())
-        session = self.store.reserve(session, actor=str(self._by(actor, owner)))
-        try:
-            self.dispatcher.start(session)
-        except LauncherError as exc:  # the end state first: no seat, no lock left behind
-            fail(self.store, None, session.id, By(ActorKind.LAUNCHER), Reason.DISPATCH_FAILED, exc.user_message)
-            raise
+        session = Session(
+            id=new_session_id(),
+            user=owner,
+            template=template,
+            name=label,
+            profile=chosen,
+            cpus=spec.cpus,
+            mem_bytes=spec.mem_bytes,
+            pids_limit=spec.pids_limit,
+            token=new_token(),
+        )
+        session, admitted = self.store.launch(session, actor=str(self._by(actor, owner)), queue=queue)
+        others = [s for s in admitted if s.id != session.id]
+        dispatch_starts(self.dispatcher, others)  # a failed dispatch of theirs: the deadline sweep resends it
+        if any(s.id == session.id for s in admitted):
+            session = next(s for s in admitted if s.id == session.id)
+            try:
+                self.dispatcher.start(session)
+            except LauncherError as exc:  # the end state first: no seat, no lock left behind
+                fail(self.store, None, session.id, By(ActorKind.LAUNCHER), Reason.DISPATCH_FAILED, exc.user_message)
+                raise
         return self._visible(actor, session)
+
+    def admit(self) -> list[Session]:
+        """Admit waiting launches while hosts have room (any process may; a worker does after each stop)."""
+        return admit_waiting(self.store, self.dispatcher)
 
     @staticmethod
     def _by(actor: Actor, owner: str) -> By:
@@ -184,15 +240,74 @@ class LauncherService:
         command = SetMaxAgeExempt(by=By(ActorKind.ADMIN, actor.name), reason=Reason.EXEMPT, exempt=exempt)
         return self._visible(actor, self.store.apply(session_id, command))
 
-    def keep_alive(self, actor: Actor) -> Session:
+    def keep_alive(self, actor: Actor, session_id: str | None = None) -> Session:
         """The owner says "keep running": counts as activity now (recorded in the audit trail)."""
         self._require(actor, Permission.LAUNCH_NOTEBOOKS)
-        session = self.store.live_session_for(validate_user_id(actor.name))
+        if session_id is not None:
+            session = self.store.get(session_id)
+            if session is not None and session.user != actor.name:
+                session = None
+        else:
+            session = self.store.live_session_for(validate_user_id(actor.name))
         if session is None or session.status != SessionStatus.RUNNING:
             raise NotFound(f"{actor.name} has no running notebook session")
         session = self.store.apply(session.id, KeepAlive(by=By(ActorKind.USER, actor.name), reason=Reason.KEEPALIVE))
         return self._visible(actor, session)
 
+
+    def my_sessions(self, actor: Actor, user: str | None = None) -> list[SessionView]:
+        """The user's live sessions (oldest first) as they see them, each with its queue place when waiting."""
+        owner = validate_user_id(actor.name if user is None else user)
+        if not may_act_on(actor, owner):
+            raise PermissionDenied(f"{actor.name} may not see {owner}'s sessions")
+        now, usage, down = utcnow(), self.store.usage(owner), self._down_hosts()
+        return [
+            session_view(s, self.settings, now, queue_position=self.store.queue_position(s), usage=usage,
+                         host_down=s.host in down)
+            for s in self.store.live_sessions_for(owner)
+        ]
+
+    def _down_hosts(self) -> set[str]:
+        return {h.name for h in self.store.hosts() if h.state.value == "down"}
+
+    def wait_estimate(self, position: int | None) -> timedelta | None:
+        """About how long a launch at ``position`` in the queue waits, from how fast the queue moved lately."""
+        if not position:
+            return None
+        at, value = self._interval
+        if time.monotonic() - at >= TYPICAL_CACHE_S / 6:
+            value = admission_interval(reversed(self.store.audit(limit=1000)))
+            self._interval = (time.monotonic(), value)
+        return value * position if value is not None else None
+
+    # -- capacity (admins) -------------------------------------------------------------------
+    def hosts(self, actor: Actor) -> list[HostInfo]:
+        self._require(actor, Permission.MANAGE_NOTEBOOKS)
+        return self.store.hosts()
+
+    def drain(self, actor: Actor, host: str, draining: bool = True) -> HostInfo:
+        """Drain a host (no new sessions; its sessions run out) or take it back; audited."""
+        self._require(actor, Permission.MANAGE_NOTEBOOKS)
+        info = self.store.set_draining(host, draining)
+        self.store.record_event("drain" if draining else "undrain", user="", actor=f"admin:{actor.name}", detail=host)
+        if not draining:
+            self.admit()
+        return info
+
+    def forget_host(self, actor: Actor, host: str) -> None:
+        """Remove a decommissioned host from the registry (refused while sessions are placed on it); audited."""
+        self._require(actor, Permission.MANAGE_NOTEBOOKS)
+        self.store.forget_host(host)
+        self.store.record_event("forget_host", user="", actor=f"admin:{actor.name}", detail=host)
+
+    def queue(self, actor: Actor) -> list[Session]:
+        """The admission queue, first in line first (admins)."""
+        self._require(actor, Permission.MANAGE_NOTEBOOKS)
+        return [self._visible(actor, s) for s in self.store.waiting()]
+
+    def queue_stats(self, actor: Actor) -> dict[str, float]:
+        self._require(actor, Permission.MANAGE_NOTEBOOKS)
+        return self.store.queue_stats()
 
     def typical_launch_time(self) -> timedelta | None:
         """The median launch-to-running time of recent launches (from the audit stream; cached briefly)."""
@@ -257,6 +372,12 @@ class LauncherService:
             session = self.get(actor, session_id)
             if session.status in until or session.status in TERMINAL_STATUSES:
                 return session
+            if time.monotonic() > deadline and session.status == SessionStatus.WAITING:
+                place = self.store.queue_position(session)
+                raise RuntimeUnavailable(
+                    f"session {session_id} is still waiting for room (number {place} in the queue) after "
+                    f"{timeout:.0f} s; it stays in the queue (cancel it with: launcher stop --session {session_id})"
+                )
             if time.monotonic() > deadline:
                 raise RuntimeUnavailable(
                     f"session {session_id} is still {session.status.value} after {timeout:.0f} s; "

@@ -7,14 +7,25 @@ nothing here is constructed at import time. ``docs/configuration.md`` documents 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import ssl
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationInfo, field_serializer, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,10 +64,42 @@ class RequiredSecret(SecretStr):
         return hash(self._secret_value)
 
 
-def _split_csv(value: object) -> object:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
+_SIZE = r"^[0-9]+[kmg]?$"
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a Docker-style size: ``512m``, ``8g``, ``1024`` (bytes)."""
+    match = re.fullmatch(r"([0-9]+)([kmg]?)", text.strip().lower())
+    if match is None:
+        raise ValueError(f"invalid size {text!r}: use a number with k, m or g")
+    return int(match.group(1)) * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[match.group(2)]
+
+
+class Profile(BaseModel):
+    """A named set of resources a session reserves on its host and is limited to."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpus: float = Field(gt=0, le=256)
+    mem_limit: str = Field(pattern=_SIZE)
+    pids_limit: int = Field(512, ge=32)
+    roles: list[Literal["admin", "researcher"]] = ["admin", "researcher"]
+    description: str = ""
+
+    @property
+    def mem_bytes(self) -> int:
+        return parse_size(self.mem_limit)
+
+    @property
+    def millicpus(self) -> int:
+        return round(self.cpus * 1000)
+
+
+DEFAULT_PROFILES = {
+    "standard": Profile(cpus=2.0, mem_limit="4g", pids_limit=512, description="2 CPUs, 4 GB"),
+    "large": Profile(cpus=4.0, mem_limit="16g", pids_limit=1024, roles=["admin"], description="4 CPUs, 16 GB"),
+}
+_NAME = r"^[a-z0-9][a-z0-9-]{0,31}$"
 
 
 class Settings(BaseSettings):
@@ -72,11 +115,23 @@ class Settings(BaseSettings):
     redis_password: SecretStr = SecretStr("")
     redis_ca_file: Path | None = None
 
-    # Placement.
-    hosts: Annotated[list[str], NoDecode] = ["local"]
-    host_name: str = Field("local", pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
+    # Capacity and placement (docs/operations.md, "Capacity"). Hosts register themselves in Redis: each
+    # worker advertises what its engine has (CPUs, memory) minus the reserve; sessions reserve a profile.
+    host_name: str = Field("local", pattern=_NAME)
     max_sessions: int = Field(5, ge=1)
     max_sessions_per_host: int = Field(5, ge=1)
+    max_sessions_per_user: int = Field(1, ge=1, le=20)
+    max_user_cpus: float | None = Field(None, gt=0)  # total CPUs of one user's live sessions
+    profiles: dict[str, Profile] = DEFAULT_PROFILES
+    default_profile: str = "standard"
+    host_reserve_cpus: float = Field(0.5, ge=0)
+    host_reserve_mem: str = Field("2g", pattern=_SIZE)
+    # CPU limits are ceilings the kernel shares out (CFS quota), so a host may promise more CPUs than it has;
+    # memory is not overcommitted: a session's memory limit is reserved in full.
+    host_cpu_overcommit: float = Field(4.0, ge=1.0, le=64.0)
+    host_beacon_interval_s: float = Field(5.0, gt=0)
+    host_down_after_s: float = Field(30.0, gt=0)
+    queue_wait_deadline_s: float = Field(1800.0, gt=0)
 
     # The notebook container.
     notebook_image: str = "launcher-notebook:latest"
@@ -85,9 +140,6 @@ class Settings(BaseSettings):
     library_dir: Path = REPO_ROOT / "notebooks" / "lib"
     workspaces_dir: Path = REPO_ROOT / "var" / "workspaces"
     sessions_dir: Path = REPO_ROOT / "var" / "sessions"
-    cpus: float = Field(2.0, gt=0)
-    mem_limit: str = Field("8g", pattern=r"^[0-9]+[kmg]?$")
-    pids_limit: int = Field(512, ge=32)
     tmp_size: str = Field("1g", pattern=r"^[0-9]+[kmg]?$")
     # Workspace quotas (workers/quota.py): 0 switches them off.
     workspace_quota_gb: float = Field(20.0, ge=0)
@@ -157,17 +209,19 @@ class Settings(BaseSettings):
     flower_user: str = "operator"
     flower_password: SecretStr = SecretStr("")
 
-    _split_hosts = field_validator("hosts", mode="before")(_split_csv)
+    @model_validator(mode="after")
+    def _profiles_valid(self) -> Settings:
+        for name in self.profiles:
+            if not re.fullmatch(_NAME, name):
+                raise ValueError(f"invalid profile name {name!r}: use lowercase letters, digits and '-'")
+        if self.default_profile not in self.profiles:
+            raise ValueError(f"LAUNCHER_DEFAULT_PROFILE {self.default_profile!r} is not one of LAUNCHER_PROFILES")
+        parse_size(self.host_reserve_mem)
+        return self
 
-    @field_validator("hosts")
-    @classmethod
-    def _hosts_valid(cls, hosts: list[str]) -> list[str]:
-        if not hosts:
-            raise ValueError("at least one host is required")
-        for host in hosts:
-            if not host or len(host) > 32 or not host.replace("-", "").isalnum() or host != host.lower():
-                raise ValueError(f"invalid host name {host!r}: use lowercase letters, digits and '-'")
-        return hosts
+    def profile(self, name: str | None) -> Profile:
+        """The named profile (the default when None); ``KeyError`` when there is none."""
+        return self.profiles[name or self.default_profile]
 
     @model_validator(mode="after")
     def _entrypoint_tls(self) -> Settings:
@@ -288,6 +342,8 @@ class Settings(BaseSettings):
                 value = value.get_secret_value() if len(value) else ""
             elif isinstance(value, list):
                 value = ",".join(value)
+            elif isinstance(value, dict):
+                value = json.dumps(value)
             elif isinstance(value, bool):
                 value = "true" if value else "false"
             env[f"LAUNCHER_{name.upper()}"] = str(value)

@@ -34,6 +34,11 @@ def labels_for(settings: Settings, session: Session) -> dict[str, str]:
         f"{LABEL_PREFIX}.template": session.template,
         f"{LABEL_PREFIX}.host": session.host or settings.host_name,
         f"{LABEL_PREFIX}.created": session.created_at.isoformat(),
+        f"{LABEL_PREFIX}.name": session.label,
+        f"{LABEL_PREFIX}.profile": session.profile,
+        f"{LABEL_PREFIX}.cpus": f"{session.cpus:g}",
+        f"{LABEL_PREFIX}.mem_bytes": str(session.mem_bytes),
+        f"{LABEL_PREFIX}.pids_limit": str(session.pids_limit),
     }
 
 
@@ -64,7 +69,7 @@ def build_container_spec(session: Session, settings: Settings, *, workspace: Pat
     ``rundir`` is the session's host folder (``workers.hostfs.prepare_rundir``): its ``sock/``
     holds Jupyter's socket, its ``secret/`` the secret the entry point adds to every request.
     """
-    mem = settings.mem_limit
+    mem = session.mem_bytes
     return {
         "image": settings.notebook_image,
         "name": container_name(settings, session.id),
@@ -102,10 +107,10 @@ def build_container_spec(session: Session, settings: Settings, *, workspace: Pat
         "network_mode": "none",
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges:true"],
-        "nano_cpus": int(settings.cpus * 1_000_000_000),
+        "nano_cpus": int(session.cpus * 1_000_000_000),
         "mem_limit": mem,
         "memswap_limit": mem,  # no swap beyond the memory limit
-        "pids_limit": settings.pids_limit,
+        "pids_limit": session.pids_limit,
         "init": False,  # tini is the image's entrypoint
         "restart_policy": {"Name": "no"},
         "stop_signal": "SIGTERM",

@@ -1,8 +1,14 @@
 """The session state machine in one screen: typed commands and the statuses each may start from.
 
-    queued ──► starting ──► running ──► stopping ──► stopped
-       │           │           │            │
-       └───────────┴───────────┴────────────┴──────► error
+    waiting ──► queued ──► starting ──► running ──► stopping ──► stopped
+       │  ▲          │           │           │            │
+       │  └─(host down)          │           │            │
+       ├──(cancelled)──────────────────────────────────────────────► stopped
+       └─────────┴──────────┴───────────┴───────────┴────────────► error
+
+``waiting`` is the admission queue: a launch waits there, in arrival order, until a host has room for its
+profile. Admission (waiting → queued, placed on a host) is done by the store's admission step
+(``SessionStore.admit``), atomically with the placement, never by ``apply``; ``Admit`` below names it.
 
 Every change to a session is one of these frozen commands, applied by the store as one atomic
 compare-and-set (``SessionStore.apply``): it happens only when the current status is in
@@ -20,6 +26,7 @@ from typing import Any
 
 from launcher.models import LIVE_STATUSES, Reason, SessionStatus, utcnow
 
+W = SessionStatus.WAITING
 Q, S, R, X = SessionStatus.QUEUED, SessionStatus.STARTING, SessionStatus.RUNNING, SessionStatus.STOPPING
 
 
@@ -63,6 +70,32 @@ class Command:
 
     def detail(self) -> str:
         return ""
+
+
+@dataclass(frozen=True)
+class Admit(Command):
+    """Placed on a host with room (applied only by the admission step, which picks the host)."""
+
+    host: str = ""
+
+    def patch(self) -> dict[str, Any]:
+        return {"host": self.host}
+
+
+@dataclass(frozen=True)
+class Requeue(Command):
+    """Its host went down before the start was taken: back to the admission queue, in its old place."""
+
+    def patch(self) -> dict[str, Any]:
+        return {"host": None, "container_id": None, "phase": None}
+
+
+@dataclass(frozen=True)
+class Cancel(Command):
+    """A launch that was still waiting for room ends: nothing ran, nothing to clean up."""
+
+    def patch(self) -> dict[str, Any]:
+        return {"stop_reason": self.reason, "stop_requested_by": str(self.by), "stopped_at": utcnow(), "phase": None}
 
 
 @dataclass(frozen=True)
@@ -176,12 +209,15 @@ class RecordStartLog(Command):
 
 # The whole state machine: (statuses a command may start from, the status it moves to or None).
 TRANSITIONS: dict[type[Command], tuple[frozenset[SessionStatus], SessionStatus | None]] = {
+    Admit: (frozenset({W}), Q),
+    Requeue: (frozenset({Q}), W),
+    Cancel: (frozenset({W}), SessionStatus.STOPPED),
     MarkStarting: (frozenset({Q, S}), S),
     SetPhase: (frozenset({S}), None),
     MarkRunning: (frozenset({S}), R),
     RecordActivity: (frozenset({R}), None),
     KeepAlive: (frozenset({R}), None),
-    SetMaxAgeExempt: (frozenset({Q, S, R}), None),
+    SetMaxAgeExempt: (frozenset({W, Q, S, R}), None),
     RequestStop: (frozenset({Q, S, R}), X),
     MarkStopped: (frozenset({X}), SessionStatus.STOPPED),
     MarkFailed: (LIVE_STATUSES, SessionStatus.ERROR),

@@ -13,6 +13,8 @@ from launcher.errors import InvalidRequest
 
 USER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 TEMPLATE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+SESSION_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+PROFILE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
 
 def validate_user_id(user: object) -> str:
@@ -29,6 +31,22 @@ def validate_template_name(name: object) -> str:
     if not isinstance(name, str) or not TEMPLATE_RE.fullmatch(name):
         shown = repr(name)[:40]
         raise InvalidRequest(f"invalid template name {shown}: use lowercase letters, digits and '_'")
+    return name
+
+
+def validate_session_name(name: object) -> str:
+    if not isinstance(name, str) or not SESSION_NAME_RE.fullmatch(name):
+        shown = repr(name)[:40]
+        raise InvalidRequest(
+            f"invalid session name {shown}: use 1-40 lowercase letters, digits, '_' or '-', starting with a letter "
+            "or digit"
+        )
+    return name
+
+
+def validate_profile_name(name: object, known: list[str]) -> str:
+    if not isinstance(name, str) or not PROFILE_RE.fullmatch(name) or name not in known:
+        raise InvalidRequest(f"unknown profile {repr(name)[:40]}; available: {', '.join(known)}")
     return name
 
 

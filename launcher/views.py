@@ -71,6 +71,10 @@ class SessionView:
     id: str
     user: str
     template: Template
+    name: str  # the owner's name for it
+    profile: str
+    cpus: float
+    mem_bytes: int
     status: SessionStatus
     host: str
     phase: str
@@ -91,6 +95,16 @@ class SessionView:
     workspace_warning: bool
     start_log: str = ""  # a failed start: the last lines of its container's output, scrubbed
     stopped_at: datetime | None = None
+    host_down: bool = False  # its host's worker stopped answering: its state is not known now
+
+    @property
+    def state_text(self) -> str:
+        """Its status in words (a session on a host that does not answer is not shown as running)."""
+        if self.host_down and self.status.live and self.status != SessionStatus.WAITING:
+            return "host unreachable"
+        return {SessionStatus.WAITING: "waiting for room", SessionStatus.QUEUED: "placed"}.get(
+            self.status, self.status.value
+        )
 
     @property
     def live(self) -> bool:
@@ -104,6 +118,7 @@ def session_view(
     *,
     queue_position: int | None = None,
     usage: WorkspaceUsage | None = None,
+    host_down: bool = False,
 ) -> SessionView:
     left = time_left(session, now, ReapPolicy.from_settings(settings))
     ended = ""
@@ -115,6 +130,10 @@ def session_view(
         id=session.id,
         user=session.user,
         template=template(settings.templates_dir, session.template),
+        name=session.label,
+        profile=session.profile,
+        cpus=session.cpus,
+        mem_bytes=session.mem_bytes,
         status=session.status,
         host=session.host or "",
         phase=session.phase or "",
@@ -135,6 +154,7 @@ def session_view(
         workspace_warning=usage is not None and usage.fraction >= settings.workspace_warn_fraction,
         start_log=scrub(session.start_log or "", [session.token.get_secret_value()]),
         stopped_at=session.stopped_at,
+        host_down=host_down,
     )
 
 
@@ -142,7 +162,8 @@ def session_view(
 
 # The steps a launch goes through, as its owner reads them (the index is the step reached).
 PHASES: tuple[str, ...] = (
-    "Waiting for room",
+    "Waiting for room",  # in the admission queue
+    "Placing",  # admitted to a host: its worker takes the start
     "Preparing the workspace and container",
     "Starting Jupyter",
     "Ready",
@@ -163,17 +184,19 @@ class Progress:
 def progress(view: SessionView, now: datetime, typical: timedelta | None) -> Progress:
     """The launch progress of a session (queued, starting or running)."""
     elapsed = max(now - view.created_at, timedelta(0))
-    if view.status == SessionStatus.QUEUED:
+    if view.status == SessionStatus.WAITING:
         step = 0
-        label = f"Waiting for room: position {view.queue_position or 1} in the queue"
+        label = f"Waiting for room: number {view.queue_position or 1} in the queue"
+    elif view.status == SessionStatus.QUEUED:
+        step, label = 1, f"Placing on {view.host}"
     elif view.status == SessionStatus.STARTING and "jupyter" in view.phase.lower():
-        step, label = 2, "Starting Jupyter"
+        step, label = 3, "Starting Jupyter"
     elif view.status == SessionStatus.STARTING:
-        step, label = 1, "Preparing the workspace and container"
+        step, label = 2, "Preparing the workspace and container"
     else:
-        step, label = 3, "Ready"
+        step, label = 4, "Ready"
     floor = step / (len(PHASES) - 1)
-    if step == 3:
+    if step == len(PHASES) - 1:
         fraction = 1.0
     else:
         ceiling = (step + 1) / (len(PHASES) - 1) - 0.02
@@ -197,6 +220,22 @@ def typical_launch(events: Iterable[AuditEvent], recent: int = 20) -> timedelta 
     )[:recent]
     values = [d for _, d in durations if d >= 0]
     return timedelta(seconds=statistics.median(values)) if values else None
+
+
+def admission_interval(events: Iterable[AuditEvent], recent: int = 20) -> timedelta | None:
+    """The median time between successive admissions of launches that had to wait (oldest events first): how
+    fast the queue moves, for a waiting launch's estimate (position times this)."""
+    times = []
+    for e in events:
+        if e.action == "queued" and e.reason == "admitted":
+            try:
+                waited = float(e.detail or 0)
+            except ValueError:
+                continue
+            if waited >= 0.5:
+                times.append(e.time)
+    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)][-recent:]
+    return timedelta(seconds=statistics.median(gaps)) if gaps else None
 
 
 # -- scrubbing what people may read --------------------------------------------------------------------

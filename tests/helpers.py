@@ -212,3 +212,10 @@ def bring_to(store, session_id: str, status, url: str = "http://placeholder.nb.l
         if session.status != step:
             session = store.apply(session_id, commands[step])
     return session
+
+
+def register_hosts(store: Any, *names: str, cpus: float = 64.0, mem_gib: float = 256.0,
+                   max_sessions: int | None = None) -> None:
+    """Announce hosts as their workers would (fast tests run no worker): room enough that only the caps bind."""
+    for name in names:
+        store.register_host(name, cpus=cpus, mem_bytes=int(mem_gib * 2**30), max_sessions=max_sessions)

@@ -25,7 +25,7 @@ from launcher.adapters.redis_store import SessionStore
 from launcher.errors import LauncherError
 from launcher.models import Actor, Role
 from launcher.service import LauncherService
-from launcher.settings import REPO_ROOT, Settings
+from launcher.settings import REPO_ROOT, Profile, Settings
 from launcher.spec import LABEL_PREFIX
 from tests.helpers import Proc, free_port, spawn, wait_for
 
@@ -295,13 +295,17 @@ def start_stack(
         "console_url": f"http://127.0.0.1:{free_port()}",  # the port start_console uses
         "cookie_secret": secrets.token_urlsafe(32),
         "flower_password": secrets.token_urlsafe(16),
-        "cpus": 1.0,
-        "mem_limit": "1g",
-        "pids_limit": 256,
         "tmp_size": "256m",
+        "host_cpu_overcommit": 16.0,  # tests run more 1-CPU sessions at once than this machine has cores
         "start_timeout_s": 90,
         "stop_timeout_s": 2,
         "broker_visibility_timeout_s": 30,
+    }
+    standard = {"cpus": 1.0, "mem_limit": "1g", "pids_limit": 256}  # the old single-profile overrides still work
+    standard.update({k: overrides.pop(k) for k in ("cpus", "mem_limit", "pids_limit") if k in overrides})
+    values["profiles"] = {
+        "standard": Profile(**standard, description="tests"),  # type: ignore[arg-type]
+        "large": Profile(cpus=2.0, mem_limit="2g", pids_limit=512, roles=["admin"]),
     }
     settings = Settings(**{**values, **overrides})
     make_sample_data(settings.data_dir, settings.notebook_image)
@@ -309,10 +313,16 @@ def start_stack(
     nginx = start_entrypoint(settings, base / "nginx")
     worker = start_worker(settings, base / "worker.log", f"w-{settings.instance}", env=worker_env)
     store = SessionStore.from_settings(settings)
+    wait_for(lambda: _registered(store, settings.host_name) or not worker.alive(), 60, "the worker's host to register")
+    assert worker.alive(), worker.tail()
     service = LauncherService(settings, store, CeleryDispatcher.from_settings(settings))
     return Stack(
         settings, store, service, DockerRuntime(client), client, f"http://127.0.0.1:{port}", worker, nginx, base, redis_url
     )
+
+
+def _registered(store: SessionStore, host: str) -> bool:
+    return any(h.name == host and h.state.value == "up" for h in store.hosts())
 
 
 def start_entrypoint(settings: Settings, prefix: Path, health_scheme: str = "http") -> Proc:

@@ -19,7 +19,7 @@ from launcher.adapters.redis_store import SessionStore
 from launcher.models import Actor, AuditEvent, Reason, Role, Session, SessionStatus
 from launcher.settings import REPO_ROOT, Settings
 from launcher.views import PHASES, progress, scrub, session_view, typical_launch
-from tests.helpers import free_port, new_context
+from tests.helpers import free_port, new_context, register_hosts
 from tests.stack import random_instance, start_console
 from ui.auth import COOKIE, UserStore, sign
 from ui.format import plural
@@ -77,6 +77,7 @@ def redis_console(redis_url, monkeypatch, tmp_path):
     make = _console_factory(settings, monkeypatch, tmp_path)
     make.settings = settings
     make.store = SessionStore.from_settings(settings)
+    register_hosts(make.store, settings.host_name)
     yield make
     st.cache_resource.clear()
 
@@ -415,6 +416,7 @@ def test_progress_moves_forward_through_the_phases_and_never_completes_early(uni
     typical = timedelta(seconds=10)
     fractions = []
     for status, phase in (
+        (SessionStatus.WAITING, None),
         (SessionStatus.QUEUED, None),
         (SessionStatus.STARTING, "preparing workspace"),
         (SessionStatus.STARTING, "waiting for Jupyter"),

@@ -19,7 +19,7 @@ from launcher.errors import RuntimeUnavailable
 from launcher.models import Actor, Role, SessionStatus
 from launcher.service import LauncherService
 from launcher.settings import Settings
-from tests.helpers import free_port
+from tests.helpers import free_port, register_hosts
 from tests.stack import start_redis
 
 FAIL_WITHIN_S = 10  # kombu retries a publish a few times (under a second here); the console must not hang
@@ -34,6 +34,7 @@ def settings(redis_url, unit_settings) -> Settings:
 @pytest.fixture
 def store(settings):
     store = SessionStore.from_settings(settings)
+    register_hosts(store, settings.host_name)
     yield store
     keys = store.redis.keys(f"{settings.instance}:*") + store.redis.keys(f"{settings.instance}.*")
     if keys:
@@ -70,7 +71,7 @@ def assert_launch_fails_and_frees_everything(settings: Settings, store: SessionS
     assert live_ids(store, settings) == before  # no live session, no seat on the host
     assert ended.id not in store.redis.smembers(f"{settings.instance}:host:local:live")
     trail = [(e.action, e.previous) for e in reversed(store.audit(user=user)) if e.session_id == ended.id]
-    assert trail == [("queued", ""), ("error", "queued")], trail
+    assert trail == [("waiting", ""), ("queued", "waiting"), ("error", "queued")], trail
     assert store.audit(user=user)[0].reason
 
     # The lock and the seat are really free: the same user launches again once the queue answers.

@@ -24,7 +24,7 @@ from launcher.adapters.authorizer import Request, cross_origin_refusal, parse_co
 from launcher.adapters.redis_store import SessionStore
 from launcher.models import Actor, Role, Session, SessionStatus, new_session_id, new_token
 from launcher.settings import Settings
-from tests.helpers import bring_to, free_port, wait_for
+from tests.helpers import bring_to, free_port, register_hosts, wait_for
 from tests.stack import random_instance, start_entrypoint
 from tests.web import OriginClient, make_login
 from workers import hostfs
@@ -117,6 +117,7 @@ def entry(redis_url, workdir):
         console_url="http://127.0.0.1:9",
     )
     store = SessionStore.from_settings(settings)
+    register_hosts(store, settings.host_name)
     session = Session(id=new_session_id(), user="ep-alice", template="alpha_research", token=new_token())
     session = store.reserve(session, actor="test")
     secret = session.token.get_secret_value()

@@ -11,7 +11,7 @@ from launcher.errors import StartFailed
 from launcher.flows import request_stop
 from launcher.models import Reason, Session, SessionStatus, new_session_id, new_token
 from launcher.transitions import ActorKind, By
-from tests.helpers import RecordingDispatcher, bring_to
+from tests.helpers import RecordingDispatcher, bring_to, register_hosts
 from workers import hostfs, lifecycle
 
 
@@ -24,6 +24,7 @@ def no_socket_here(monkeypatch) -> None:
 @pytest.fixture
 def ctx(unit_settings):
     store = SessionStore(fakeredis.FakeRedis(decode_responses=True), unit_settings)
+    register_hosts(store, unit_settings.host_name)
     return lifecycle.WorkerContext(unit_settings, store, FakeRuntime())
 
 

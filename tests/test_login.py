@@ -27,7 +27,7 @@ from launcher.adapters.redis_store import SessionStore
 from launcher.errors import InvalidRequest
 from launcher.models import Role, Session, SessionStatus, new_session_id, new_token
 from launcher.settings import REPO_ROOT, Settings
-from tests.helpers import bring_to, free_port, spawn, wait_for
+from tests.helpers import bring_to, free_port, register_hosts, spawn, wait_for
 from tests.stack import http_ok, random_instance
 from ui.auth import COOKIE, ClaimsRefused, UserStore, actor_from_claims, csrf_token, login_name, resolve, sign, unsign
 
@@ -359,6 +359,7 @@ def test_login_carries_next_to_the_open_route(monkeypatch, redis_url, tmp_path):
 
 def _running_session(settings: Settings, user: str) -> Session:
     store = SessionStore(rclient(settings), settings)
+    register_hosts(store, settings.host_name)
     session = Session(id=new_session_id(), user=user, template="alpha_research", token=new_token())
     session = store.reserve(session, actor=user)
     return bring_to(store, session.id, SessionStatus.RUNNING, url=settings.session_origin(session.id))

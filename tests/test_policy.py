@@ -94,12 +94,14 @@ def test_time_left():
     assert time_left(session(status=SessionStatus.STOPPED), NOW, FOUR_H) is None
 
 
-D = Deadlines(queued=5 * M, starting=5 * M, stopping=2 * M, resend_after=timedelta(seconds=30))
+D = Deadlines(waiting=30 * M, queued=5 * M, starting=5 * M, stopping=2 * M, resend_after=timedelta(seconds=30))
 
 
 @pytest.mark.parametrize(
     ("status", "since", "due"),
     [
+        (SessionStatus.WAITING, 29 * M, Due.NOTHING),
+        (SessionStatus.WAITING, 30 * M, Due.FAIL_WAITING),
         (SessionStatus.QUEUED, timedelta(seconds=10), Due.NOTHING),
         (SessionStatus.QUEUED, timedelta(seconds=40), Due.RESEND_START),
         (SessionStatus.QUEUED, 5 * M, Due.FAIL_QUEUED),
@@ -115,3 +117,17 @@ D = Deadlines(queued=5 * M, starting=5 * M, stopping=2 * M, resend_after=timedel
 def test_deadline_table(status, since, due):
     """Each non-terminal state has a deadline; queued and stopping sessions get their task again first."""
     assert deadline_due(session(status=status, since=since), NOW, D) == due
+
+
+@pytest.mark.parametrize(
+    ("status", "due"),
+    [
+        (SessionStatus.QUEUED, Due.REQUEUE),  # never started there: back to the queue, in its old place
+        (SessionStatus.WAITING, Due.NOTHING),
+        (SessionStatus.RUNNING, Due.NOTHING),  # shown as "host unreachable"; its state is unknown, not ended
+        (SessionStatus.STARTING, Due.NOTHING),
+    ],
+)
+def test_deadlines_on_a_down_host(status, due):
+    """A launch placed on a host that went down before starting it is requeued at once; nothing else changes."""
+    assert deadline_due(session(status=status, since=timedelta(seconds=1)), NOW, D, host_down=True) == due

@@ -28,6 +28,7 @@ from launcher.ports import ContainerState
 from launcher.settings import REPO_ROOT, Settings
 from launcher.spec import container_name
 from launcher.transitions import ActorKind, By, MarkRunning, MarkStarting, RecordActivity
+from tests.helpers import register_hosts
 from tests.stack import random_instance
 from workers import hostfs, lifecycle, sweeps
 from workers.activity import probe
@@ -187,7 +188,9 @@ def worker_context(redis_url: str, folder: Path) -> lifecycle.WorkerContext:
         max_sessions=100,
         max_sessions_per_host=100,
     )
-    return lifecycle.WorkerContext(settings, SessionStore.from_settings(settings), FakeRuntime())
+    store = SessionStore.from_settings(settings)
+    register_hosts(store, settings.host_name, max_sessions=100)
+    return lifecycle.WorkerContext(settings, store, FakeRuntime())
 
 
 def running(ctx: lifecycle.WorkerContext, user: str, kernels_busy: int = 0) -> Session:

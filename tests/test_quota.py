@@ -10,7 +10,7 @@ from launcher.adapters.redis_store import SessionStore
 from launcher.errors import LimitReached
 from launcher.models import Actor, Role, SessionStatus
 from launcher.service import LauncherService
-from tests.helpers import Kernel, RecordingDispatcher
+from tests.helpers import Kernel, RecordingDispatcher, register_hosts
 from tests.stack import start_stack
 from tests.web import opened
 from workers import hostfs, quota
@@ -87,6 +87,7 @@ def test_measured_workspace_over_quota_cannot_launch(unit_settings, redis_url, t
     usage = quota.measure(settings, workspace)
     assert usage.over and not usage.enforced and usage.used_bytes >= 64 * 1024
     store = SessionStore.from_settings(settings)
+    register_hosts(store, settings.host_name)
     store.set_usage("q-hoarder", usage)
     dispatcher = RecordingDispatcher()
     service = LauncherService(settings, store, dispatcher)

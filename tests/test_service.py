@@ -9,18 +9,21 @@ from launcher.adapters.redis_store import SessionStore
 from launcher.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from launcher.models import Actor, Role, SessionStatus
 from launcher.service import LauncherService
-from tests.helpers import RecordingDispatcher, bring_to
+from tests.helpers import RecordingDispatcher, bring_to, register_hosts
 
 
 @pytest.fixture
 def svc(unit_settings, redis_url):
     settings = unit_settings.model_copy(update={"redis_url": redis_url})
     store = SessionStore(redis.Redis.from_url(redis_url, decode_responses=True), settings)
+    register_hosts(store, settings.host_name)
     return LauncherService(settings, store, RecordingDispatcher())
 
 
 def keys(svc) -> list[str]:
-    return sorted(svc.store.redis.keys(svc.store.prefix + "*"))
+    """What the service wrote (the registered host is the fixture's)."""
+    found = svc.store.redis.keys(svc.store.prefix + "*")
+    return sorted(k for k in found if not k.startswith((svc.store.prefix + "hosts", svc.store.prefix + "host:")))
 
 
 ANN = Actor(name="ann", role=Role.RESEARCHER)
@@ -73,7 +76,7 @@ def test_second_launch_while_starting_is_a_conflict(svc):
     """A second launch while the first is queued or starting is refused; one start is enqueued."""
     first = svc.launch(ANN, "alpha_research")
     bring_to(svc.store, first.id, SessionStatus.STARTING)
-    with pytest.raises(Conflict, match="already has a live notebook session"):
+    with pytest.raises(Conflict, match="already have a launch in progress"):
         svc.launch(ANN, "factor_analysis")
     assert [m[0] for m in svc.dispatcher.sent] == ["start"]
 

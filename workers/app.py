@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 from celery.worker.consumer.consumer import Consumer as CeleryConsumer
 
 from celeryconfig import build
@@ -54,6 +54,41 @@ def create_app(settings: Settings) -> Celery:
 
 
 app = create_app(Settings())
+
+
+_BEACON: list[Any] = []
+
+
+@worker_ready.connect
+def _announce(sender: object = None, **_: object) -> None:
+    """Register this host in Redis and keep announcing it (workers.registry); when it is new or back after being
+    down, reconcile it and let the queue use its room."""
+    from launcher.flows import admit_waiting
+    from workers.registry import Beacon
+    from workers.tasks import context
+
+    ctx = context()
+
+    def on_return() -> None:
+        app.send_task("workers.tasks.reconcile", queue=ctx.settings.host_queue, ignore_result=True)
+        admit_waiting(ctx.store, CeleryDispatcher(app, ctx.settings), actor=str(ctx.by))
+
+    beacon = Beacon(ctx, on_return)
+    beacon.start()
+    _BEACON.append(beacon)
+
+
+@worker_shutdown.connect
+def _retire(sender: object = None, **_: object) -> None:
+    """A worker that stops says so: its host is down at once (launches go elsewhere), not after the timeout."""
+    from workers.tasks import context
+
+    for beacon in _BEACON:
+        beacon.stop()
+    try:
+        context().store.mark_host_gone(context().settings.host_name)
+    except LauncherError as exc:
+        event(log, "host.retire_failed", level=logging.WARNING, error=exc.log_message)
 
 
 @worker_ready.connect

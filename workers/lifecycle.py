@@ -80,8 +80,18 @@ def discard(ctx: WorkerContext, session_id: str, user: str | None) -> None:
         ctx.runtime.stop(container_name(ctx.settings, session_id), timeout=0)
     finally:
         hostfs.remove_rundir(ctx.settings, session_id)
-        if user:
+        if user and not _workspace_in_use(ctx, user, session_id):
             quota.detach(ctx.settings, user)
+
+
+def _workspace_in_use(ctx: WorkerContext, user: str, session_id: str) -> bool:
+    """Whether another live session of the user runs on this host (it shares the workspace mount). When Redis
+    cannot say, the mount stays: reconcile releases the workspaces of users with nothing live here."""
+    try:
+        others = ctx.store.live_sessions_for(user)
+    except LauncherError:
+        return True
+    return any(s.id != session_id and s.host == ctx.settings.host_name for s in others)
 
 
 def clean_up(ctx: WorkerContext, session_id: str, user: str | None) -> None:
@@ -136,6 +146,9 @@ def _start(ctx: WorkerContext, session_id: str) -> Session | None:
     if session.status not in (SessionStatus.QUEUED, SessionStatus.STARTING):
         # Duplicate delivery after success, or a stop that came first: nothing to start.
         event(log, "session.start_skipped", session_id=session_id, status=session.status.value)
+        return session
+    if session.host != ctx.settings.host_name:  # placed elsewhere since (its host went down and it was requeued)
+        event(log, "session.start_skipped", session_id=session_id, why=f"placed on {session.host}")
         return session
     t0 = time.monotonic()
     timings: dict[str, float] = {}

@@ -13,9 +13,10 @@ from datetime import datetime
 from pathlib import Path
 
 from launcher.adapters.jupyter_http import PROBE_DEADLINE_S, NoAnswer
+from launcher.adapters.redis_stats import StatsStore
 from launcher.adapters.redis_store import SessionStore
 from launcher.errors import Conflict, LauncherError, NotFound
-from launcher.flows import fail, request_stop
+from launcher.flows import admit_waiting, fail, request_stop, requeue
 from launcher.logs import event
 from launcher.models import Reason, Session, SessionStatus, utcnow
 from launcher.policy import Deadlines, Due, ReapPolicy, Verdict, deadline_due, should_reap
@@ -24,7 +25,7 @@ from launcher.settings import Settings
 from launcher.spec import LABEL_PREFIX, container_name
 from launcher.transitions import ActorKind, By, MarkStopped, RecordActivity
 from launcher.validation import validate_template_name, validate_user_id
-from workers import hostfs, quota
+from workers import cgroup_stats, hostfs, quota
 from workers.activity import Activity, probe
 from workers.lifecycle import WorkerContext, clean_up
 
@@ -48,7 +49,7 @@ _DEATH = {
 def mark_dead(ctx: WorkerContext, session: Session, state: ContainerState) -> Session | None:
     """A running session whose container is gone: the end state first (why), then the clean-up."""
     reason, message = _DEATH.get(state, (Reason.DIED, "the notebook container stopped answering"))
-    message = message.format(mem=ctx.settings.mem_limit)
+    message = message.format(mem=f"{session.mem_bytes / 2**30:g} GB")
     current = ctx.store.get(session.id)
     if current is None or current.status != SessionStatus.RUNNING:
         return None
@@ -173,6 +174,10 @@ def heartbeat(
                     counts["dead"] += 1
             except Exception:  # one session's clean-up must not stop the sweep; the next one retries
                 log.exception("heartbeat.mark_dead_failed session_id=%s", session.id)
+    try:  # CPU and memory figures for admins, from the host's cgroup files (a few reads per container)
+        cgroup_stats.record(StatsStore(ctx.store.redis, ctx.settings), sessions)
+    except Exception:  # noqa: BLE001 - figures for display only: they never fail a heartbeat
+        log.warning("heartbeat.stats_failed", exc_info=True)
     if counts["unreachable"] or counts["skipped"]:
         level = logging.WARNING if counts["skipped"] else logging.INFO
         took = round(time.monotonic() - t0, 3)
@@ -184,7 +189,10 @@ def reap(store: SessionStore, policy: ReapPolicy, dispatcher: Dispatcher, now: d
     """Stop every running session the policy says to reap (the one stop path); returns their ids."""
     now = now or utcnow()
     reaped = []
+    down = store.down_hosts()  # activity from a host that does not answer is unknown, not idle
     for session in store.list_live():
+        if session.host in down:
+            continue
         decision = should_reap(session, now, policy)
         if decision.verdict != Verdict.REAP or decision.reason is None:
             continue
@@ -198,6 +206,10 @@ def reap(store: SessionStore, policy: ReapPolicy, dispatcher: Dispatcher, now: d
 
 
 _DEADLINE_MESSAGES = {
+    Due.FAIL_WAITING: (
+        Reason.QUEUE_TIMEOUT,
+        "no room came free within {s:.0f} s of waiting; launch again later, or ask an administrator about capacity",
+    ),
     Due.FAIL_QUEUED: (
         Reason.NO_WORKER,
         "no worker took this launch within {s:.0f} s: the Docker host may be down. Try again, or ask an operator",
@@ -216,18 +228,24 @@ def sweep_deadlines(
     starts and stops that may have been lost (both are safe to repeat)."""
     now = now or utcnow()
     counts = {str(due): 0 for due in Due if due != Due.NOTHING}
+    down = store.down_hosts()
     for session in store.list_live():
-        due = deadline_due(session, now, deadlines)
+        due = deadline_due(session, now, deadlines, host_down=session.host in down)
         if due == Due.NOTHING:
             continue
         try:
-            if due == Due.RESEND_START:
+            if due == Due.REQUEUE:
+                if requeue(store, session.id, SWEEPER) is None:
+                    continue
+            elif due == Due.RESEND_START:
                 dispatcher.start(session)
             elif due == Due.RESEND_STOP:
                 dispatcher.stop(session)
             elif due in _DEADLINE_MESSAGES:
                 reason, message = _DEADLINE_MESSAGES[due]
-                limit = deadlines.queued if due == Due.FAIL_QUEUED else deadlines.starting
+                limit = {Due.FAIL_QUEUED: deadlines.queued, Due.FAIL_WAITING: deadlines.waiting}.get(
+                    due, deadlines.starting
+                )
                 fail(store, dispatcher, session.id, SWEEPER, reason, message.format(s=limit.total_seconds()))
             else:  # FORCE_STOPPED: end it; its host removes the container when it can
                 note = f"stopped by force after {deadlines.stopping.total_seconds():.0f} s in stopping"
@@ -241,6 +259,10 @@ def sweep_deadlines(
             continue
         counts[str(due)] += 1
         event(log, "session.deadline", session_id=session.id, user=session.user, due=due)
+    try:  # room may have freed without a trigger reaching the queue (a worker lost mid-stop): admit now
+        counts["admitted"] = len(admit_waiting(store, dispatcher, actor=str(SWEEPER)))
+    except LauncherError as exc:
+        event(log, "sweep.admit_failed", level=logging.WARNING, error=exc.log_message)
     return counts
 
 
@@ -248,10 +270,16 @@ def _rebuild(ctx: WorkerContext, labels: dict[str, str], container_id: str, toke
     try:
         sid = labels[f"{LABEL_PREFIX}.session"]
         created = datetime.fromisoformat(labels[f"{LABEL_PREFIX}.created"])
+        default = ctx.settings.profile(None)  # containers started before profiles were recorded
         return Session(
             id=sid,
             user=validate_user_id(labels[f"{LABEL_PREFIX}.user"]),
             template=validate_template_name(labels[f"{LABEL_PREFIX}.template"]),
+            name=labels.get(f"{LABEL_PREFIX}.name", ""),
+            profile=labels.get(f"{LABEL_PREFIX}.profile", ctx.settings.default_profile),
+            cpus=float(labels.get(f"{LABEL_PREFIX}.cpus", default.cpus)),
+            mem_bytes=int(labels.get(f"{LABEL_PREFIX}.mem_bytes", default.mem_bytes)),
+            pids_limit=int(labels.get(f"{LABEL_PREFIX}.pids_limit", default.pids_limit)),
             status=SessionStatus.RUNNING,
             host=ctx.settings.host_name,
             container_id=container_id,
@@ -308,6 +336,7 @@ def reconcile(ctx: WorkerContext) -> dict[str, int]:
         if user not in busy:
             quota.detach(ctx.settings, user)
             counts["released"] += 1
+    ctx.store.recount_host(host)  # what is reserved here, recounted from what is live here
     return counts
 
 

@@ -4,15 +4,23 @@ on the control queue."""
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 
 from celery import Task, shared_task
 
+from celeryconfig import PER_HOST_SWEEPS
 from launcher.adapters.celery_dispatch import CeleryDispatcher
 from launcher.bootstrap import build_worker_context
+from launcher.errors import LauncherError
+from launcher.flows import admit_waiting
+from launcher.logs import event
+from launcher.models import HostState, Session
 from launcher.policy import Deadlines, ReapPolicy
 from launcher.settings import Settings
 from workers import lifecycle, sweeps
+
+log = logging.getLogger("launcher.worker")
 
 
 @cache
@@ -21,16 +29,29 @@ def context() -> lifecycle.WorkerContext:
     return build_worker_context(Settings())
 
 
-@shared_task(name="workers.tasks.start_session", acks_late=True)
-def start_session(session_id: str) -> str | None:
+def _admit(task: Task, session: Session | None) -> None:
+    """Room freed on this host (a session ended): admit waiting launches now, not at the next sweep."""
+    if session is None or session.status.live:
+        return
+    ctx = context()
+    try:
+        admit_waiting(ctx.store, CeleryDispatcher(task.app, ctx.settings), actor=str(ctx.by))
+    except LauncherError as exc:  # the deadline sweep admits later
+        event(log, "queue.admit_failed", level=logging.WARNING, error=exc.log_message)
+
+
+@shared_task(name="workers.tasks.start_session", bind=True, acks_late=True)
+def start_session(self: Task, session_id: str) -> str | None:
     session = lifecycle.start(context(), session_id)
+    _admit(self, session)  # a start that failed gave its room back
     return session.status.value if session else None
 
 
-@shared_task(name="workers.tasks.stop_session", acks_late=True)
-def stop_session(session_id: str, *_: str) -> str | None:
+@shared_task(name="workers.tasks.stop_session", bind=True, acks_late=True)
+def stop_session(self: Task, session_id: str, *_: str) -> str | None:
     """(Older producers also sent who and why; the record holds both now.)"""
     session = lifecycle.stop(context(), session_id)
+    _admit(self, session)
     return session.status.value if session else None
 
 
@@ -60,6 +81,23 @@ def reconcile() -> dict[str, int]:
 @shared_task(name="workers.tasks.measure_workspaces", acks_late=True)
 def measure_workspaces() -> dict[str, int]:
     return sweeps.measure_workspaces(context())
+
+
+@shared_task(name="workers.tasks.fan_out", bind=True, acks_late=True)
+def fan_out(self: Task, name: str, interval: float) -> list[str]:
+    """Send a per-host sweep to every registered host that answers (Beat sends this on its schedule). A host that
+    is down gets none: its queue does not fill with sweeps it would run late; it is reconciled when it returns."""
+    if name not in PER_HOST_SWEEPS:
+        raise ValueError(f"unknown per-host sweep {name!r}")
+    ctx = context()
+    sent = []
+    for host in ctx.store.hosts():
+        if host.state == HostState.DOWN:
+            continue
+        queue = ctx.settings.queue_for_host(host.name)
+        self.app.send_task(f"workers.tasks.{name}", queue=queue, expires=interval, ignore_result=True)
+        sent.append(host.name)
+    return sent
 
 
 @shared_task(name="workers.tasks.reap", bind=True, acks_late=True)

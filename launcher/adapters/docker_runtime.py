@@ -20,7 +20,7 @@ import docker.errors
 import requests
 
 from launcher.errors import RuntimeUnavailable, StartFailed
-from launcher.ports import LOG_MAX_BYTES, ContainerState, Handle, ManagedContainer
+from launcher.ports import LOG_MAX_BYTES, ContainerState, EngineCapacity, Handle, ManagedContainer
 from launcher.spec import LABEL_PREFIX
 
 
@@ -71,6 +71,11 @@ class DockerRuntime:
         if self._lazy is None:
             self._lazy = docker.from_env(timeout=30)
         return self._lazy
+
+    def capacity(self) -> EngineCapacity:
+        with _docker_errors():
+            info = self._client().info()
+        return EngineCapacity(cpus=int(info.get("NCPU", 0)), mem_bytes=int(info.get("MemTotal", 0)))
 
     def start(self, spec: dict[str, Any]) -> Handle:
         name = spec["name"]
@@ -133,10 +138,10 @@ class DockerRuntime:
         """Current memory usage in bytes as the cgroup reports it (for benchmarks)."""
         with _docker_errors():
             try:
-                stats = self._client.containers.get(name).stats(stream=False)
+                stats: Any = self._client().containers.get(name).stats(stream=False)
             except docker.errors.NotFound:
                 return None
-        usage = dict(stats).get("memory_stats", {})  # type: ignore[arg-type]
+        usage = dict(stats).get("memory_stats", {})
         return int(usage.get("usage", 0)) - int(usage.get("stats", {}).get("cache", 0))
 
 

@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from launcher.ports import LOG_MAX_BYTES, ContainerState, Handle, ManagedContainer
+from launcher.ports import LOG_MAX_BYTES, ContainerState, EngineCapacity, Handle, ManagedContainer
 from launcher.spec import LABEL_PREFIX
 
 
@@ -28,6 +28,10 @@ class FakeRuntime:
         self.fail_next_start: Exception | None = None
         self._lock = threading.Lock()
         self._seq = 0
+        self.engine = EngineCapacity(cpus=16, mem_bytes=64 * 2**30)
+
+    def capacity(self) -> EngineCapacity:
+        return self.engine
 
     def start(self, spec: dict[str, Any]) -> Handle:
         with self._lock:
