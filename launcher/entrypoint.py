@@ -37,6 +37,7 @@ _HSTS = 'add_header Strict-Transport-Security "max-age=31536000" always;'
 # secret added and only Jupyter's XSRF cookie passed on.
 _NOTEBOOK_PROXY = """auth_request /_nbl_auth;
 auth_request_set $nbl_token $upstream_http_x_nbl_token;
+auth_request_set $nbl_reason $upstream_http_x_nbl_reason;
 error_page 401 = @open;
 error_page 403 = @refused;
 proxy_pass http://unix:{sessions}/$sid/sock/jupyter.sock;
@@ -55,6 +56,15 @@ proxy_read_timeout 1h;
 proxy_send_timeout 1h;
 proxy_intercept_errors off;
 error_page 502 504 = @not_running;
+"""
+
+# JupyterLab's pages: the idle warning's script added before </head> (docker/nginx/idle.js, served by the
+# authorizer under a URL carrying its hash, so browsers may keep it). Jupyter is asked for an uncompressed
+# answer, which sub_filter needs; only HTML is rewritten (sub_filter_types' default).
+_IDLE_WARNING = """proxy_set_header Accept-Encoding "";
+sub_filter_once on;
+sub_filter_last_modified off;
+sub_filter '</head>' '<script src="/_nbl/idle.js?v={version}" defer></script></head>';
 """
 
 # On every answer of a session origin (a location with add_header of its own must include it again).
@@ -122,6 +132,9 @@ def write_config(settings: Settings, prefix: Path) -> Path:
     (prefix / "authorizer_proxy.conf").write_text(_AUTHORIZER_PROXY)
     sessions = str(settings.sessions_dir.resolve())
     (prefix / "notebook_proxy.conf").write_text(_NOTEBOOK_PROXY.replace("{sessions}", sessions))
+    from launcher.adapters.authorizer import idle_js_version
+
+    (prefix / "idle_warning.conf").write_text(_IDLE_WARNING.replace("{version}", idle_js_version()))
     headers = _SECURITY_HEADERS + (_HSTS + "\n" if settings.entrypoint_tls_cert else "")
     (prefix / "security_headers.conf").write_text(headers)
     conf = prefix / "nginx.conf"

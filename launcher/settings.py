@@ -135,6 +135,7 @@ class Settings(BaseSettings):
 
     # The notebook container.
     notebook_image: str = "launcher-notebook:latest"
+    image_retention_days: float = Field(30.0, ge=0)  # python -m launcher.images prune keeps younger images
     data_dir: Path = REPO_ROOT / "var" / "data"
     templates_dir: Path = REPO_ROOT / "notebooks" / "templates"
     library_dir: Path = REPO_ROOT / "notebooks" / "lib"
@@ -208,6 +209,8 @@ class Settings(BaseSettings):
     flower_listen: str = "127.0.0.1:5555"
     flower_user: str = "operator"
     flower_password: SecretStr = SecretStr("")
+    # Bearer token of the console's /metrics (Prometheus); empty: /metrics answers 404.
+    metrics_token: SecretStr = SecretStr("")
 
     @model_validator(mode="after")
     def _profiles_valid(self) -> Settings:

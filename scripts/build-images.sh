@@ -2,12 +2,14 @@
 # Build the images this product needs, offline: no registry, only Debian packages and PyPI.
 #
 #   launcher-base:bookworm      debootstrap --variant=minbase + python3, tini (docker import)
-#   launcher-notebook:latest    base + the Python stack in docker/notebook-requirements.txt
+#   launcher-notebook:<inputs>  base + the Python stack locked in docker/notebook-requirements.lock, tagged by
+#   launcher-notebook:latest    the first 12 hex of the sha256 of its inputs, and as :latest (scripts/prune-images.sh
+#                               removes old ones)
 #   launcher-services-base:bookworm, launcher-app:latest (with --app): nginx, redis-server and this
 #                               product's code and dependencies, for docker-compose.yml
 #
-# Each image carries a label with the hash of its inputs; an image whose inputs did not change
-# is not rebuilt. Usage: scripts/build-images.sh [--force]
+# Each image carries a label (the notebook image: a tag) with the hash of its inputs; an image whose inputs did
+# not change is not rebuilt. Usage: scripts/build-images.sh [--force] [--app]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -52,25 +54,60 @@ debootstrap_image launcher-base:bookworm "$base_pkgs"
 base_hash=$(image_label launcher-base:bookworm launcher.inputs)
 
 # --- notebook -------------------------------------------------------------------------------
-nb_hash=$(cat docker/notebook-requirements.txt docker/Dockerfile.notebook docker/notebook/nbl_identity.py | sha256sum | cut -c1-16)
-nb_hash=$nb_hash-$base_hash
-if [[ "$force" == --force || "$(image_label launcher-notebook:latest launcher.inputs)" != "$nb_hash" ]]; then
+# The Python stack is docker/notebook-requirements.lock (scripts/lock-notebook.sh), installed exactly: hashes
+# required, no dependency resolution, into a prefix of its own, isolated from the host's packages and pip settings.
+# The image is tagged by the hash of its inputs (the lockfile, the Dockerfile, the files it copies, the base) and
+# as :latest; an image whose input tag exists already is not rebuilt, only :latest is pointed at it.
+lock=docker/notebook-requirements.lock
+req_digest=$(sed -e 's/#.*//' -e 's/[[:space:]]*$//' docker/notebook-requirements.txt | grep -v '^$' | sha256sum | cut -c1-16)
+if ! grep -qx "# requirements digest: $req_digest" "$lock"; then
+  echo "[build-images] $lock is older than docker/notebook-requirements.txt: run scripts/lock-notebook.sh" >&2
+  exit 1
+fi
+lock_sha=$(sha256sum "$lock" | cut -d' ' -f1)
+nb_files=("$lock" docker/Dockerfile.notebook docker/notebook/nbl_identity.py)
+inputs_sha=$( (printf 'base %s\n' "$base_hash"; sha256sum "${nb_files[@]}") | sha256sum | cut -d' ' -f1)
+nb_tag=launcher-notebook:${inputs_sha:0:12}
+if [[ "$force" != --force ]] && docker image inspect "$nb_tag" >/dev/null 2>&1; then
+  log "$nb_tag is up to date (inputs unchanged): not rebuilt"
+else
   ctx=$build/notebook
-  req_hash=$(sha256sum docker/notebook-requirements.txt | cut -c1-16)
-  if [[ ! -f $ctx/prefix/.complete-$req_hash ]]; then
-    log "installing the notebook's Python stack into $ctx/prefix (a few minutes on first run)"
+  if [[ ! -f $ctx/prefix/.complete-${lock_sha:0:16} ]]; then
+    # The prefix's layout (lib/python3.11) and its compiled wheels must match the image's python3 (3.11).
+    python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' ||
+      { echo "[build-images] the host's python3 must be 3.11, like the image's" >&2; exit 1; }
+    log "installing $lock into $ctx/prefix (a few minutes on first run)"
     rm -rf "$ctx/prefix"
     mkdir -p "$ctx"
-    python3 -m pip install --quiet --disable-pip-version-check --ignore-installed --no-warn-script-location \
-      --prefix "$ctx/prefix" -r docker/notebook-requirements.txt
-    touch "$ctx/prefix/.complete-$req_hash"
+    # --isolated: no PIP_* variables or user pip.conf; PYTHONNOUSERSITE: no ~/.local packages; --ignore-installed
+    # with --prefix: the host's site-packages are neither reused nor consulted (so no resolver warnings about the
+    # host's own pins); --no-deps: the lockfile is the whole list.
+    env -u PYTHONPATH PYTHONNOUSERSITE=1 python3 -m pip install --isolated --quiet --disable-pip-version-check \
+      --root-user-action=ignore --require-hashes --no-deps --only-binary=:all: --ignore-installed \
+      --no-warn-script-location --no-warn-conflicts --prefix "$ctx/prefix" -r "$lock"
+    touch "$ctx/prefix/.complete-${lock_sha:0:16}"
   fi
   cp docker/Dockerfile.notebook "$ctx/Dockerfile"
-  cp docker/notebook/nbl_identity.py "$ctx/"
+  cp docker/notebook/nbl_identity.py "$lock" "$ctx/"
+  printf '%s\n' "$lock_sha" >"$ctx/lock.sha256"
   printf 'prefix/bin\nprefix/etc\n' >"$ctx/.dockerignore"
-  log "building launcher-notebook:latest"
-  DOCKER_BUILDKIT=0 docker build --quiet --label "launcher.inputs=$nb_hash" -t launcher-notebook:latest "$ctx" >/dev/null
+  log "building $nb_tag"
+  # No network in the build: nothing in it fetches anything.
+  nb_id=$(DOCKER_BUILDKIT=0 docker build --quiet --network none \
+    --label "nbl.inputs_sha256=$inputs_sha" --label "nbl.lock_sha256=$lock_sha" \
+    --label "org.opencontainers.image.version=${inputs_sha:0:12}" "$ctx")
+  # pip check with the image's own python3 over the image's own packages only (pip itself mounted beside them).
+  pip_dir=$(python3 -c 'import os, pip; print(os.path.dirname(pip.__file__))')
+  if ! check=$(docker run --rm --network none --entrypoint /usr/bin/python3 -e PYTHONPATH=/opt/nbl-pip \
+      -v "$pip_dir:/opt/nbl-pip/pip:ro" "$nb_id" -m pip check 2>&1); then
+    printf '%s\n' "$check" >&2
+    docker rmi "$nb_id" >/dev/null 2>&1 || true
+    echo "[build-images] pip check found conflicts in the notebook image's packages: not tagged" >&2
+    exit 1
+  fi
+  docker tag "$nb_id" "$nb_tag"
 fi
+docker tag "$nb_tag" launcher-notebook:latest
 
 # --- app (for docker-compose.yml) ---------------------------------------------------------------
 if ((with_app)); then
@@ -88,7 +125,9 @@ PY
   if [[ ! -f $ctx/prefix/.complete-$req_hash ]]; then
     log "installing the app's Python dependencies into $ctx/prefix"
     rm -rf "$ctx/prefix"
-    python3 -m pip install --quiet --disable-pip-version-check --ignore-installed --no-warn-script-location \
+    # Isolated from the host's packages and pip settings, like the notebook's prefix (its own full set of packages).
+    env -u PYTHONPATH PYTHONNOUSERSITE=1 python3 -m pip install --isolated --quiet --disable-pip-version-check \
+      --root-user-action=ignore --ignore-installed --no-warn-script-location --no-warn-conflicts \
       --prefix "$ctx/prefix" -r "$ctx/requirements.txt"
     touch "$ctx/prefix/.complete-$req_hash"
   fi
@@ -102,7 +141,7 @@ PY
   app_hash=$( (cat docker/Dockerfile.app "$ctx/requirements.txt"; tar -C "$ctx/src" -c --sort=name --mtime=@0 .) | sha256sum | cut -c1-16)
   if [[ "$force" == --force || "$(image_label launcher-app:latest launcher.inputs)" != "$app_hash" ]]; then
     log "building launcher-app:latest"
-    DOCKER_BUILDKIT=0 docker build --quiet --label "launcher.inputs=$app_hash" -t launcher-app:latest "$ctx" >/dev/null
+    DOCKER_BUILDKIT=0 docker build --quiet --network none --label "launcher.inputs=$app_hash" -t launcher-app:latest "$ctx" >/dev/null
   fi
 fi
 log "images ready: $(docker images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^launcher-' | tr '\n' ' ')"

@@ -19,6 +19,7 @@ import docker
 import pytest
 
 from launcher.settings import Settings
+from tests.engines import second_engine  # noqa: F401  (a second Docker engine, for multi-host tests)
 from tests.stack import Stack, docker_client, random_instance, start_redis, start_stack, unmount_below
 
 IMAGE = os.environ.get("LAUNCHER_NOTEBOOK_IMAGE", "launcher-notebook:latest")

@@ -9,7 +9,7 @@ from launcher.settings import REPO_ROOT
 
 VENDORS = ("redis", "celery", "kombu", "docker")
 # The composition roots and process entry points wire adapters; the domain must not.
-ROOTS = {"bootstrap.py", "entrypoint.py", "cli.py"}
+ROOTS = {"bootstrap.py", "entrypoint.py", "cli.py", "images.py"}  # composition roots and process entry points
 
 
 def imported_modules(path: Path) -> set[str]:

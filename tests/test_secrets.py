@@ -11,7 +11,7 @@ import pytest
 
 from launcher.settings import REPO_ROOT, MissingSecret, Settings
 
-NAMES = ("LAUNCHER_COOKIE_SECRET", "LAUNCHER_FLOWER_PASSWORD", "LAUNCHER_REDIS_PASSWORD")
+NAMES = ("LAUNCHER_COOKIE_SECRET", "LAUNCHER_FLOWER_PASSWORD", "LAUNCHER_REDIS_PASSWORD", "LAUNCHER_METRICS_TOKEN")
 
 
 def _generate(file: Path) -> subprocess.CompletedProcess:
@@ -39,7 +39,7 @@ def test_two_fresh_starts_generate_different_private_secrets_and_keep_them(tmp_p
         assert str(file) in run.stderr  # where to look is said, the values are not
     a, b = _read(first), _read(second)
     assert all(a[name] != b[name] for name in NAMES)
-    assert len(set(a.values())) == 3
+    assert len(set(a.values())) == len(NAMES)
 
     again = _generate(first)
     assert again.returncode == 0 and again.stdout == again.stderr == "" and _read(first) == a

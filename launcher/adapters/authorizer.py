@@ -8,6 +8,10 @@ sends it, for a request to ``<sid>.<notebook domain>``:
                      then starts the open flow), 403 otherwise (``X-Nbl-Reason`` says why)
     /_nbl/start      step 1 of the open flow (``launcher.adapters.redis_webauth``)
     /_nbl/callback   step 3
+    /_nbl/status     GET, for the tab's idle warning (``docker/nginx/idle.js``): JSON with the status and
+                     the idle time left; the same Origin rules and cookie check as every request, no secret
+    /_nbl/keepalive  POST, "Keep running" from the tab: the owner's ``KeepAlive`` (this origin's Origin only)
+    /_nbl/idle.js    the idle warning's script, which nginx adds to JupyterLab's pages (static, cached)
 
 The session id comes from nginx (``X-Nbl-Sid``, captured from the Host by ``server_name``), the
 original method from ``X-Original-Method``. Decisions are cached in memory for at most
@@ -16,15 +20,22 @@ original method from ``X-Original-Method``. Decisions are cached in memory for a
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import html
+import json
+import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 import redis.asyncio
 
+from launcher.adapters.redis_store import SessionStore
 from launcher.adapters.redis_webauth import (
     CHECK_SCRIPT,
     REDEEM_SCRIPT,
@@ -36,7 +47,11 @@ from launcher.adapters.redis_webauth import (
     valid_random,
     valid_sid,
 )
-from launcher.settings import Settings
+from launcher.errors import Conflict, LauncherError, NotFound
+from launcher.models import Reason, Session, SessionStatus, utcnow
+from launcher.policy import last_active
+from launcher.settings import REPO_ROOT, Settings
+from launcher.transitions import ActorKind, By, KeepAlive
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -50,6 +65,32 @@ SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
     (b"cache-control", b"no-store"),
 ]
+IDLE_JS = REPO_ROOT / "docker" / "nginx" / "idle.js"
+KEEPALIVE_EVERY_S = 10.0  # one keep-alive per session this often at most (each is an audit entry)
+
+
+def idle_js_version(path: Path = IDLE_JS) -> str:
+    """The script's content hash: nginx asks for ``/_nbl/idle.js?v=<hash>``, so it may be cached for good."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def idle_status(session: Session, settings: Settings, now: datetime) -> dict[str, Any]:
+    """What the tab's idle warning needs of a session (nothing secret): whether it runs, how long until it
+    is stopped for idleness if nothing happens, and whether to warn now. A busy kernel is not idle."""
+    out: dict[str, Any] = {
+        "status": session.status.value,
+        "idle_left_s": None,
+        "warn": False,
+        "warn_before_s": settings.warn_before_reap_s,
+        "console": settings.console_url,
+    }
+    active = last_active(session)
+    if session.status != SessionStatus.RUNNING or active is None or session.kernels_busy > 0:
+        return out
+    left = settings.idle_timeout_s - (now - min(active, now)).total_seconds()
+    out["idle_left_s"] = max(0, math.floor(left))
+    out["warn"] = left < settings.warn_before_reap_s
+    return out
 
 
 @dataclass(frozen=True)
@@ -107,6 +148,9 @@ class Authorizer:
         self._redeem = client.register_script(REDEEM_SCRIPT)
         self._cache: dict[tuple[str, str], tuple[float, Verdict]] = {}
         self.secure_cookies = True  # __Host- cookies need Secure; browsers accept it on http://*.localhost
+        self._store: SessionStore | None = None  # synchronous, for KeepAlive (made on first use)
+        self._kept: dict[str, float] = {}  # session id -> monotonic time of its last keep-alive
+        self._idle_js = IDLE_JS.read_bytes()
 
     # -- ASGI -------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -139,9 +183,15 @@ class Authorizer:
                 await self.start(req, send)
             elif path == "/_nbl/callback":
                 await self.callback(req, (query.get("code") or [""])[0], send)
+            elif path in ("/_nbl/status", "/_nbl/keepalive"):
+                # The method of this very request (a client's X-Original-Method never counts here).
+                req = replace(req, method=str(scope["method"]).upper(), upgrade=False)
+                await self.idle(req, path == "/_nbl/keepalive", send)
+            elif path == "/_nbl/idle.js":
+                await self.script(send)
             else:
                 await _respond(send, 404, [], b"not found\n")
-        except redis.RedisError:
+        except (redis.RedisError, LauncherError):
             await _respond(send, 503, [(b"x-nbl-reason", b"state store unreachable")], b"try again shortly\n")
 
     # -- every request ----------------------------------------------------------------------------
@@ -179,6 +229,63 @@ class Authorizer:
                     self._cache.clear()
             self._cache[key] = (now + self.settings.entry_cache_s, verdict)
         return verdict
+
+    # -- the idle warning in the JupyterLab tab -----------------------------------------------------
+    async def idle(self, req: Request, keep: bool, send: Send) -> None:
+        """``GET /_nbl/status`` and ``POST /_nbl/keepalive``: authorized exactly like every request to
+        this origin (Origin rules, then the cookie, the console login, the owner and the status)."""
+        allowed = "POST" if keep else "GET"
+        if req.method != allowed:
+            await _json(send, 405, {"status": "method_not_allowed"}, [(b"allow", allowed.encode())])
+            return
+        refusal = cross_origin_refusal(req, self.settings.session_origin(req.sid))
+        if refusal is not None:
+            await _json(send, 403, {"status": "refused"}, [(b"x-nbl-reason", refusal.encode())])
+            return
+        cookie = req.cookies.get(SESSION_COOKIE, "")
+        verdict = await self.check(cookie, req.sid) if valid_random(cookie) else Verdict("no_login")
+        if not verdict.ok:
+            code = 401 if verdict.outcome == "no_login" else 403
+            await _json(send, code, {"status": verdict.outcome, "console": self.settings.console_url}, [])
+            return
+        raw = await self._r.get(self.prefix + "session:" + req.sid)
+        if not raw:
+            await _json(send, 403, {"status": "not_running", "console": self.settings.console_url}, [])
+            return
+        session = Session.from_storage(raw)
+        if keep:
+            session = await self._keep_alive(session)
+        await _json(send, 200, idle_status(session, self.settings, utcnow()), [])
+
+    async def _keep_alive(self, session: Session) -> Session:
+        """The owner's "Keep running": ``KeepAlive`` through the store (an audit entry), at most once per
+        ``KEEPALIVE_EVERY_S`` per session; a session that stopped meanwhile is answered as it is."""
+        now = time.monotonic()
+        if now - self._kept.get(session.id, -math.inf) < KEEPALIVE_EVERY_S:
+            return session
+        if len(self._kept) >= CACHE_MAX:
+            self._kept = {k: v for k, v in self._kept.items() if now - v < KEEPALIVE_EVERY_S}
+        self._kept[session.id] = now
+        if self._store is None:
+            self._store = SessionStore.from_settings(self.settings)
+        command = KeepAlive(by=By(ActorKind.USER, session.user), reason=Reason.KEEPALIVE)
+        try:
+            return await asyncio.to_thread(self._store.apply, session.id, command)
+        except (Conflict, NotFound):  # it stopped meanwhile: the tab says so
+            return session.model_copy(update={"status": SessionStatus.STOPPED})
+        except LauncherError:  # Redis did not answer: nothing was applied, so a retry is not throttled
+            self._kept.pop(session.id, None)
+            raise
+
+    async def script(self, send: Send) -> None:
+        """The idle warning's script: static, the same for every session, cached (its URL carries its hash)."""
+        headers = [
+            (b"content-type", b"text/javascript; charset=utf-8"),
+            (b"cache-control", b"public, max-age=31536000, immutable"),
+            (b"content-length", str(len(self._idle_js)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self._idle_js})
 
     # -- the open flow ----------------------------------------------------------------------------
     async def start(self, req: Request, send: Send) -> None:
@@ -249,6 +356,11 @@ async def _respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], 
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _json(send: Send, status: int, payload: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
+    body = json.dumps(payload).encode()
+    await _respond(send, status, [(b"content-type", b"application/json"), *headers], body)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

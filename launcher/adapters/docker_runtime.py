@@ -74,7 +74,7 @@ class DockerRuntime:
 
     def capacity(self) -> EngineCapacity:
         with _docker_errors():
-            info = self._client().info()
+            info = self._client.info()
         return EngineCapacity(cpus=int(info.get("NCPU", 0)), mem_bytes=int(info.get("MemTotal", 0)))
 
     def start(self, spec: dict[str, Any]) -> Handle:
@@ -138,7 +138,7 @@ class DockerRuntime:
         """Current memory usage in bytes as the cgroup reports it (for benchmarks)."""
         with _docker_errors():
             try:
-                stats: Any = self._client().containers.get(name).stats(stream=False)
+                stats: Any = self._client.containers.get(name).stats(stream=False)
             except docker.errors.NotFound:
                 return None
         usage = dict(stats).get("memory_stats", {})
