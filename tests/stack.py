@@ -256,7 +256,7 @@ class Stack:
         admin = Actor.operator("test-cleanup")
         for session in self.store.list_live():
             with contextlib.suppress(LauncherError):  # best effort between tests
-                self.service.stop(admin, session.user)
+                self.service.stop(admin, session_id=session.id)
         wait_for(lambda: self.store.count_live() == 0, 60, "all sessions to stop")
 
     def shutdown(self) -> None:

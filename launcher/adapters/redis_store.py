@@ -148,7 +148,7 @@ local P, sid, user = ARGV[1], ARGV[3], ARGV[4]
 local now, now_iso, down_after = tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
 local s = cjson.decode(ARGV[2])
 local ukey = P .. 'user:' .. user .. ':live'
-local count, used_c = 0, 0
+local count, used_c, name_hit = 0, 0, nil
 local need_c, need_m = need_of(s)
 for _, other in ipairs(redis.call('SMEMBERS', ukey)) do
   local raw = redis.call('GET', P .. 'session:' .. other)
@@ -158,12 +158,13 @@ for _, other in ipairs(redis.call('SMEMBERS', ukey)) do
   else
     local st = o['status']
     if st == 'waiting' or st == 'queued' or st == 'starting' then return {'pending', other, ''} end
-    if o['name'] == s['name'] then return {'name_taken', other, ''} end
+    if o['name'] == s['name'] then name_hit = other end
     count = count + 1
     used_c = used_c + need_of(o)
   end
 end
 if count >= tonumber(ARGV[5]) then return {'user_cap', tostring(count), ''} end
+if name_hit then return {'name_taken', name_hit, ''} end
 if tonumber(ARGV[6]) > 0 and used_c + need_c > tonumber(ARGV[6]) then return {'user_cpus', tostring(used_c), ''} end
 if not could_fit(P, s, now, down_after) then return {'never_fits', '', ''} end
 if ARGV[7] ~= '1' then
