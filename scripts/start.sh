@@ -7,6 +7,11 @@
 # Everything runs in the background; logs and PIDs are in var/. Stop with scripts/stop.sh. Settings come
 # from LAUNCHER_* variables (docs/configuration.md), var/secrets.env and var/launcher.env (which wins).
 #
+#   scripts/start.sh             start what is not running (processes already running are left as they are)
+#   scripts/start.sh --restart   after changing var/launcher.env: stop this host's processes (not Redis, not the
+#                                notebooks) and start them again with the new settings
+#   SKIP_INSTALL=1               skip scripts/install.sh (packages already installed)
+#
 # Redis requires the password (config file var/redis/redis.conf, mode 0600) and listens on loopback.
 # For other Docker hosts set REDIS_TLS_BIND (addresses to listen on besides 127.0.0.1, e.g. 10.0.0.5)
 # and optionally REDIS_TLS_PORT (6380): Redis then speaks TLS only, with a certificate from a CA made
@@ -14,6 +19,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+if [[ "${1:-}" == --restart ]]; then
+  scripts/stop.sh --keep-redis
+elif [[ -n "${1:-}" ]]; then
+  echo "usage: scripts/start.sh [--restart]" >&2; exit 2
+fi
 umask 022
 mkdir -p var/log var/run
 chmod 700 var/log

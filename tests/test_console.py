@@ -298,6 +298,7 @@ def live_console(redis_url, tmp_path):
         workspace_quota_enforce="measure",
         console_url=f"http://127.0.0.1:{free_port()}",  # never the default 8501 of a console running here
     )
+    register_hosts(SessionStore.from_settings(settings), settings.host_name)
     proc, url = start_console(settings, tmp_path, LAUNCHER_USERS_FILE=str(settings.users_file))
     try:
         yield settings, url

@@ -10,6 +10,10 @@ Streamlit serves the pages (``ui/app.py``); beside them, on the same port, a few
     GET  /logout             a page with a POST form (a GET never logs out)
     POST /logout             with the login's CSRF token: deletes the login in Redis
     GET  /_nbl/authorize     opening a notebook: mints a one-time code for the session origin
+    GET  /_nbl/files         the logged-in user's workspace files (where the workspace is on this machine)
+    GET  /metrics            Prometheus text format: queue, admissions, sessions by status, hosts (no user
+                             names, no session ids); only with ``Authorization: Bearer <LAUNCHER_METRICS_TOKEN>``,
+                             404 while that token is not set
 
 Every login, failure, throttle refusal and logout goes to the audit stream and to this process's log.
 Every response carries security headers (``SecurityHeaders``), Streamlit's own pages included.
@@ -27,6 +31,7 @@ import html  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 from typing import Any  # noqa: E402
 from urllib.parse import parse_qs, quote, urlencode, urlsplit  # noqa: E402
 
@@ -46,6 +51,7 @@ from launcher.adapters.redis_store import SessionStore  # noqa: E402
 from launcher.adapters.redis_webauth import EntryAuth, digest  # noqa: E402
 from launcher.errors import InvalidRequest, LauncherError, NotFound, PermissionDenied  # noqa: E402
 from launcher.logs import event  # noqa: E402
+from launcher.models import SessionStatus  # noqa: E402
 from launcher.settings import Settings  # noqa: E402
 from ui.auth import (  # noqa: E402
     COOKIE,
@@ -73,7 +79,9 @@ OIDC_STATE_TTL_S = 600
 # Our own small pages: nothing but inline style. Streamlit's pages keep their scripts, but may not be framed.
 OWN_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; frame-ancestors 'none'"
 STREAMLIT_CSP = "frame-ancestors 'self'; base-uri 'self'; object-src 'none'"
-_OWN_PATHS = ("/login", "/logout", "/oauth2callback", "/_nbl/")
+_OWN_PATHS = ("/login", "/logout", "/oauth2callback", "/_nbl/", "/metrics")
+MAX_AUTHORIZATION_CHARS = 1024  # a longer Authorization header is refused unread
+METRICS_WAITS = 1000  # the admission waits the summary's quantiles are computed over (the store keeps 1000)
 
 
 # -- logging: the console's events must reach its log as started by scripts/start.sh ----------------
@@ -252,6 +260,7 @@ class Console:
             Route("/logout", self.logout_post, methods=["POST"]),
             Route("/_nbl/authorize", self.authorize, methods=["GET"]),
             Route("/_nbl/files", self.files, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
         ]
 
     # -- audit --------------------------------------------------------------------------------
@@ -480,7 +489,6 @@ class Console:
         event(log, "console.open_code", user=shown_name(resolved.actor.name), sid=params.get("sid", "")[:12])
         return RedirectResponse(url, status_code=303, headers={"Referrer-Policy": "no-referrer"})
 
-
     # -- the owner's workspace files (only where the workspace is local to this console) ----------
     async def files(self, request: Request) -> Response:
         """``?path=<relative>``: one file of the logged-in user's workspace; ``?archive=1``: all of it as a zip."""
@@ -522,6 +530,120 @@ class Console:
                     yield chunk
 
         return StreamingResponse(chunks(), media_type=media, headers=headers)
+
+    # -- operators' metrics (Prometheus) -----------------------------------------------------------
+    def _metrics_token(self) -> str:
+        token = getattr(self.settings, "metrics_token", None)
+        if token is None:
+            return ""
+        return token.get_secret_value() if hasattr(token, "get_secret_value") else str(token)
+
+    async def metrics(self, request: Request) -> Response:
+        """The launcher's own figures for Prometheus (Flower has Celery's): bearer token only, 404 without one."""
+        expected = self._metrics_token()
+        if not expected:
+            return Response("Not Found\n", status_code=404, media_type="text/plain")
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header[: MAX_AUTHORIZATION_CHARS + 1].partition(" ")
+        if len(header) > MAX_AUTHORIZATION_CHARS or scheme.lower() != "bearer" or not given.strip():
+            return Response(
+                "A bearer token is required.\n",
+                status_code=401,
+                media_type="text/plain",
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
+        if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+            log.warning("console.metrics_refused from=%s", client_address(request))
+            return Response("Wrong token.\n", status_code=403, media_type="text/plain")
+        try:
+            text = await run_in_threadpool(self._metrics_text)
+        except (redis.RedisError, LauncherError) as exc:
+            log.error("console.metrics_unavailable error=%s", type(exc).__name__)
+            return Response("The launcher's state store is not reachable.\n", status_code=503, media_type="text/plain")
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    def _metrics_text(self) -> str:
+        """Every read bounded: the queue's counters, at most METRICS_WAITS waits, the registered hosts and
+        the sessions placed on them (each host holds at most its cap); the waiting ones are counted, not read."""
+        stats = self.store.queue_stats()
+        waits = self.store.recent_waits(METRICS_WAITS)
+        hosts = self.store.hosts()
+        statuses = {s: 0 for s in SessionStatus if s.live}
+        statuses[SessionStatus.WAITING] = int(stats["depth"])
+        for h in hosts:
+            for s in self.store.list_live(host=h.name):
+                if s.status.live and s.status != SessionStatus.WAITING:
+                    statuses[s.status] += 1
+        return render_metrics(stats, waits, hosts, statuses)
+
+
+def _label(value: str) -> str:
+    """A label value escaped as the text format wants (backslash, double quote, newline)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return repr(float(value)) if value != int(value) else str(int(value))
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank); 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def render_metrics(stats: dict[str, float], waits: list[float], hosts: list[Any], statuses: dict[Any, int]) -> str:
+    """The Prometheus text format (0.0.4) of the launcher's figures: no user names, no session ids."""
+    out: list[str] = []
+
+    def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(f"{name}{labels} {_number(value)}" for labels, value in samples)
+
+    family("nbl_queue_depth", "gauge", "Launches waiting for room in the admission queue.", [("", stats["depth"])])
+    family(
+        "nbl_queue_oldest_wait_seconds",
+        "gauge",
+        "How long the launch first in the admission queue has waited (0 when none waits).",
+        [("", round(stats["oldest_wait_s"], 3))],
+    )
+    family(
+        "nbl_admissions_total", "counter", "Launches admitted from the queue onto a host.", [("", stats["admissions"])]
+    )
+    summary = [(f'{{quantile="{q}"}}', round(quantile(waits, q), 3)) for q in (0.5, 0.9, 0.99)]
+    family(
+        "nbl_admission_wait_seconds",
+        "summary",
+        f"How long recent admissions waited in the queue (the last {METRICS_WAITS} at most).",
+        summary,
+    )
+    out.append(f"nbl_admission_wait_seconds_sum {_number(round(sum(waits), 3))}")
+    out.append(f"nbl_admission_wait_seconds_count {len(waits)}")
+    family(
+        "nbl_sessions",
+        "gauge",
+        "Live sessions by status (waiting: in the admission queue).",
+        [(f'{{status="{_label(str(status))}"}}', n) for status, n in statuses.items()],
+    )
+    per_host = [
+        (
+            "nbl_host_up",
+            "1 when the host's worker answers (up or draining), 0 when it is down.",
+            lambda h: 0 if h.state.value == "down" else 1,
+        ),
+        ("nbl_host_draining", "1 when an admin drains the host (no new sessions).", lambda h: 1 if h.drained else 0),
+        ("nbl_host_cpus", "CPUs the host offers sessions.", lambda h: h.cpus),
+        ("nbl_host_cpus_used", "CPUs reserved by the sessions on the host.", lambda h: h.used_cpus),
+        ("nbl_host_memory_bytes", "Memory the host offers sessions.", lambda h: h.mem_bytes),
+        ("nbl_host_memory_used_bytes", "Memory reserved by the sessions on the host.", lambda h: h.used_mem_bytes),
+        ("nbl_host_sessions", "Sessions placed on the host.", lambda h: h.sessions),
+    ]
+    for name, help_text, value_of in per_host:
+        family(name, "gauge", help_text, [(f'{{host="{_label(h.name)}"}}', value_of(h)) for h in hosts])
+    return "\n".join(out) + "\n"
 
 
 def console_routes(settings: Settings, client: redis.Redis | None = None) -> list[Route]:

@@ -16,12 +16,24 @@ import html
 import io
 import os
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import streamlit as st
 
-from launcher.errors import Conflict, LauncherError
-from launcher.models import Actor, Permission, Reason, SessionStatus, WorkspaceUsage, utcnow
+from launcher.errors import Conflict, LauncherError, LimitReached
+from launcher.models import (
+    PENDING_STATUSES,
+    Actor,
+    HostInfo,
+    HostState,
+    Permission,
+    Reason,
+    Session,
+    SessionStatus,
+    WorkspaceUsage,
+    utcnow,
+)
 from launcher.service import LauncherService
 from launcher.settings import Settings
 from launcher.views import PHASES, REASON_TEXT, SessionView, progress, scrub
@@ -32,7 +44,7 @@ from ui.format import ago, audit_rows, plural, session_rows
 FAST = timedelta(seconds=0.3)
 SLOW = timedelta(seconds=5)
 ADMIN_REFRESH = timedelta(seconds=3)
-IN_FLIGHT = frozenset({SessionStatus.QUEUED, SessionStatus.STARTING, SessionStatus.STOPPING})
+IN_FLIGHT = frozenset({SessionStatus.WAITING, SessionStatus.QUEUED, SessionStatus.STARTING, SessionStatus.STOPPING})
 
 
 # -- time in the browser's zone -------------------------------------------------------------------------
@@ -64,7 +76,11 @@ def local(when: datetime | None, with_date: bool = False) -> str:
 
 def _words(exc: LauncherError) -> str:
     """A launcher error worded for the person who clicked (no internal ids, not their own name back)."""
-    if isinstance(exc, Conflict) and "already has a live notebook" in exc.user_message:
+    message = exc.user_message
+    one_at_a_time = isinstance(exc, LimitReached) and message.startswith("you may run 1 session at once")
+    if one_at_a_time or (
+        isinstance(exc, Conflict) and ("already has a live notebook" in message or "launch in progress" in message)
+    ):
         return "You already have a notebook starting or running (perhaps from another tab): it is shown below."
     return exc.user_message[:1].upper() + exc.user_message[1:]
 
@@ -163,8 +179,8 @@ def notebooks(service: LauncherService, actor: Actor) -> None:
         "JupyterLab in an isolated container: research data read-only at /data, your workspace in "
         "~/work, the research library importable, no network."
     )
-    view = _run(service.my_notebook, actor)
-    if view is not None and view.status in IN_FLIGHT or st.session_state.get("launching"):
+    sessions: list[SessionView] = _run(service.my_sessions, actor) or []
+    if any(s.status in IN_FLIGHT for s in sessions) or st.session_state.get("launching"):
         _notebooks_fast(service)
     else:
         _notebooks_slow(service)
@@ -182,28 +198,53 @@ def _notebooks_slow(service: LauncherService) -> None:
 
 def _notebooks_live(service: LauncherService, fast: bool) -> None:
     actor = _current_or_rerun(service, Permission.LAUNCH_NOTEBOOKS)
-    view = _run(service.my_notebook, actor)
-    in_flight = view is not None and view.status in IN_FLIGHT
+    sessions: list[SessionView] = _run(service.my_sessions, actor) or []  # live ones, oldest first
+    view = sessions[-1] if sessions else _run(service.my_notebook, actor)  # else the latest ended one
+    in_flight = any(s.status in IN_FLIGHT for s in sessions)
     launching = st.session_state.get("launching")
-    if launching and (in_flight or (view is not None and view.id == launching) or view is None):
+    if launching and (in_flight or view is None or view.id == launching or any(s.id == launching for s in sessions)):
         st.session_state.pop("launching", None)  # the launch shows in the record now (or it was refused)
         launching = None
     if in_flight != fast and not launching:
         st.rerun(scope="app")  # the other polling speed
-    _errors(f"{view.id}:{'live' if view.live else 'ended'}" if view is not None else "none")
-    if view is not None and view.live:
-        with st.container(key=f"panel-{view.id}"):
-            _session_panel(service, view)
+    if sessions:
+        _errors(",".join(s.id for s in sessions) + ":live")
+    else:
+        _errors(f"{view.id}:ended" if view is not None else "none")
+    if sessions:
+        many = len(sessions) > 1
+        for s in sessions:
+            with st.container(key=f"panel-{s.id}", border=many):
+                _session_panel(service, s, many)
         _workspace(view)
-        if view.status == SessionStatus.RUNNING:
+        if len(sessions) < service.settings.max_sessions_per_user:
+            _another(service, actor, sessions)
+        if any(s.status == SessionStatus.RUNNING for s in sessions):
             _files(service, actor)
         return
     if view is not None:
         _last_session_note(service, actor, view)
         _workspace(view)
-    _template_cards(service)
+    _template_cards(service, actor)
     if view is not None:
         _files(service, actor)
+
+
+def _another(service: LauncherService, actor: Actor, sessions: list[SessionView]) -> None:
+    """Below a user's live sessions, when they may run more: the cards, or why not yet."""
+    limit = service.settings.max_sessions_per_user
+    if any(s.status in PENDING_STATUSES for s in sessions):
+        st.caption(
+            f"You may run {plural(limit, 'notebook')} at once: you can start another one when this launch "
+            "has finished starting."
+        )
+        return
+    _template_cards(
+        service,
+        actor,
+        heading=f"Start another notebook ({len(sessions)} of your {limit} in use)",
+        taken={s.name for s in sessions},
+    )
 
 
 def _told(view_id: str) -> None:
@@ -309,20 +350,44 @@ def _files(service: LauncherService, actor: Actor) -> None:
 
 
 def _launch(service: LauncherService, name: str) -> None:
+    """A card's Launch: with the profile and the name picked on that card (when the card offers them)."""
     st.session_state["errors"] = []
     st.session_state["errors-hold"] = True
-    session = _act(service, Permission.LAUNCH_NOTEBOOKS, "launch", name)
+    profile = st.session_state.get(f"profile-{name}") or None
+    label = str(st.session_state.get(f"name-{name}") or "").strip() or None
+    session = _act(service, Permission.LAUNCH_NOTEBOOKS, "launch", name, profile=profile, name=label)
     if session is not None:
         st.session_state["launching"] = session.id
         _run(service.store.mark_notice, session.user, "live", session.id)
 
 
-def _template_cards(service: LauncherService) -> None:
-    st.subheader("Start a notebook", anchor=False)
+def profile_label(settings: Settings, name: str) -> str:
+    """A profile as the picker shows it: its name and its description (``large · 4 CPUs, 16 GB``)."""
+    spec = settings.profiles.get(name)
+    return f"{name} · {spec.description}" if spec is not None and spec.description else name
+
+
+def default_session_name(template: str, taken: set[str]) -> str:
+    """The name a card suggests: the template's, with '-' for '_', numbered when a live session has it."""
+    base = template.replace("_", "-")[:37]
+    if base not in taken:
+        return base
+    return next(f"{base}-{i}" for i in range(2, len(taken) + 3) if f"{base}-{i}" not in taken)
+
+
+def _template_cards(
+    service: LauncherService, actor: Actor, heading: str = "Start a notebook", taken: set[str] | None = None
+) -> None:
+    st.subheader(heading, anchor=False)
     templates = service.template_views()
     if not templates:
         st.info("No notebook templates are installed yet. Ask an administrator.")
         return
+    profiles: list[str] = _run(service.profiles_for, actor) or []
+    if not profiles:
+        st.info("No resource profile is open to your role on this installation. Ask an administrator.")
+        return
+    named = service.settings.max_sessions_per_user > 1
     columns = st.columns(max(1, len(templates)))
     for column, info in zip(columns, templates, strict=False):
         with column.container(border=True):
@@ -330,6 +395,22 @@ def _template_cards(service: LauncherService) -> None:
             st.write(info.description)
             if info.data:
                 st.caption(f"Reads: {info.data}")
+            if len(profiles) > 1:  # the default first; one profile only: nothing to pick
+                st.selectbox(
+                    "Resources",
+                    profiles,
+                    key=f"profile-{info.name}",
+                    format_func=lambda n: profile_label(service.settings, n),
+                    help="What this notebook reserves and may use: CPUs and memory.",
+                )
+            if named:
+                st.text_input(
+                    "Name",
+                    value=default_session_name(info.name, taken or set()),
+                    key=f"name-{info.name}",
+                    max_chars=40,
+                    help="To tell your notebooks apart: lowercase letters, digits, '-' and '_'.",
+                )
             st.button("Launch", key=f"launch-{info.name}", type="primary", on_click=_launch, args=(service, info.name))
 
 
@@ -343,10 +424,54 @@ def _phase_list(step: int) -> str:
     return " &nbsp; ".join(marks)
 
 
-def _session_panel(service: LauncherService, view: SessionView) -> None:
-    st.subheader(view.template.title, anchor=False)
+def _key(base: str, view: SessionView, many: bool) -> str:
+    """A widget key of one session's panel: the plain key when the user has one session, else per session."""
+    return f"{base}-{view.id}" if many else base
+
+
+def session_line(view: SessionView) -> str:
+    """One session in a line: its name, template, profile and resources, and its state in words."""
+    resources = f"{view.cpus:g} CPU{'s' if view.cpus != 1 else ''}, {view.mem_bytes / 2**30:g} GB"
+    return f"**{view.name}** · {view.template.title} · {view.profile} ({resources}) · {view.state_text}"
+
+
+def _host_down_note(service: LauncherService, view: SessionView) -> None:
+    after = ago(timedelta(seconds=service.settings.host_down_after_s))
+    st.warning(
+        f"**Host unreachable.** The Docker host this notebook was placed on ({view.host}) has not answered the "
+        f"launcher for more than {after}, so what the notebook is doing is not known now: it may still be running "
+        "there, but opening it may fail and this page cannot show its activity. It is shown as usual again as soon "
+        "as the host answers. Stop asks that host to stop it: it does so once it answers again.",
+        icon=":material/cloud_off:",
+    )
+
+
+def _waiting_panel(service: LauncherService, view: SessionView, now: datetime) -> None:
+    """A launch in the admission queue: its place, the estimate, how long it has waited."""
+    p = progress(view, now, service.typical_launch_time())
+    estimate = _run(service.wait_estimate, view.queue_position)
+    guess = f"about {ago(estimate)} more" if estimate else "no estimate yet"
+    st.progress(p.fraction, text=f"{p.label}: {guess}; waiting for {ago(p.elapsed)} so far")
+    st.markdown(_phase_list(p.step))
+    deadline = ago(timedelta(seconds=service.settings.queue_wait_deadline_s))
+    st.caption(
+        f"Every notebook host is full for the {view.profile} profile now. Your launch starts as soon as room "
+        f"frees, in order of arrival; you may leave this page meanwhile. It waits at most {deadline}."
+    )
+
+
+def _session_panel(service: LauncherService, view: SessionView, many: bool = False) -> None:
+    st.subheader(view.name if many else view.template.title, anchor=False)
+    st.markdown(session_line(view))
     now = utcnow()
-    if view.status in (SessionStatus.QUEUED, SessionStatus.STARTING):
+    unreachable = view.host_down and view.status != SessionStatus.WAITING
+    if unreachable:
+        _host_down_note(service, view)
+        if view.open_url:
+            st.link_button("Open JupyterLab", view.open_url)
+    elif view.status == SessionStatus.WAITING:
+        _waiting_panel(service, view, now)
+    elif view.status in (SessionStatus.QUEUED, SessionStatus.STARTING):
         p = progress(view, now, service.typical_launch_time())
         usual = f"; launches usually take about {ago(p.typical)}" if p.typical else ""
         st.progress(p.fraction, text=f"{p.label}… {ago(p.elapsed)} so far{usual}")
@@ -382,31 +507,52 @@ def _session_panel(service: LauncherService, view: SessionView) -> None:
             )
             st.button(
                 "Keep running",
-                key="keepalive",
+                key=_key("keepalive", view, many),
                 type="primary",
                 on_click=_act,
                 args=(service, Permission.LAUNCH_NOTEBOOKS, "keep_alive"),
+                kwargs={"session_id": view.id},
             )
     if view.status == SessionStatus.STOPPING:
         return
-    if view.status == SessionStatus.QUEUED:
-        st.button("Cancel", key="stop", on_click=_act, args=(service, Permission.LAUNCH_NOTEBOOKS, "stop"))
-    elif st.session_state.get("confirm-stop") == view.id:
-        st.warning(
-            "Stop this notebook? Its kernels end and anything not saved in JupyterLab is lost; files saved "
-            "in ~/work are kept. An open JupyterLab tab then shows that the notebook has stopped.",
-            icon=":material/warning:",
-        )
+    pending = view.status in (SessionStatus.WAITING, SessionStatus.QUEUED)  # nothing has started yet
+    if st.session_state.get("confirm-stop") == view.id:
+        if pending:
+            st.warning(
+                "Cancel this launch? It leaves the queue and nothing is lost; launching again later starts at "
+                "the back of the queue.",
+                icon=":material/warning:",
+            )
+            yes_label, no_label = "Yes, cancel it", "Keep waiting"
+        else:
+            st.warning(
+                "Stop this notebook? Its kernels end and anything not saved in JupyterLab is lost; files saved "
+                "in ~/work are kept. An open JupyterLab tab then shows that the notebook has stopped.",
+                icon=":material/warning:",
+            )
+            yes_label, no_label = "Yes, stop it", "Keep it running"
         yes, no, _ = st.columns([1, 1, 4])
-        yes.button("Yes, stop it", key="stop-yes", type="primary", on_click=_confirmed_stop, args=(service,))
-        no.button("Keep it running", key="stop-no", on_click=lambda: st.session_state.pop("confirm-stop", None))
+        yes.button(
+            yes_label,
+            key=_key("stop-yes", view, many),
+            type="primary",
+            on_click=_confirmed_stop,
+            args=(service, view.id),
+        )
+        no.button(
+            no_label, key=_key("stop-no", view, many), on_click=lambda: st.session_state.pop("confirm-stop", None)
+        )
     else:
-        st.button("Stop…", key="stop", on_click=lambda: st.session_state.update({"confirm-stop": view.id}))
+        st.button(
+            "Cancel…" if pending else "Stop…",
+            key=_key("stop", view, many),
+            on_click=lambda: st.session_state.update({"confirm-stop": view.id}),
+        )
 
 
-def _confirmed_stop(service: LauncherService) -> None:
+def _confirmed_stop(service: LauncherService, session_id: str) -> None:
     st.session_state.pop("confirm-stop", None)
-    _act(service, Permission.LAUNCH_NOTEBOOKS, "stop")
+    _act(service, Permission.LAUNCH_NOTEBOOKS, "stop", session_id=session_id)
 
 
 # -- admin ------------------------------------------------------------------------------------------
@@ -425,6 +571,8 @@ def admin(service: LauncherService, actor: Actor) -> None:
     st.caption(f"Task queue: [Flower]({flower}) (operator login) shows the Celery workers and their tasks.")
     _admin_sessions(service)
     _host_load(service)
+    _hosts(service)
+    _queue(service)
     _failed_starts(service, actor)
     st.subheader("Audit trail")
     who, why, span = st.columns(3)
@@ -501,6 +649,7 @@ def _admin_sessions(service: LauncherService) -> None:
         for row, s in zip(rows, sessions, strict=True):
             for key, when in (("started", s.started_at), ("last activity", s.last_activity_at)):
                 row[key] = (when.astimezone(zone) if zone else when).strftime("%H:%M:%S") if when else "-"
+        _resource_columns(service, sessions, rows)
         st.dataframe(rows, hide_index=True, use_container_width=True)
         choice = st.selectbox(
             "Session",
@@ -520,6 +669,23 @@ def _admin_sessions(service: LauncherService) -> None:
     else:
         st.info("No notebook is running or starting.")
     _stop_all(service, actor, len(sessions))
+
+
+def _resource_columns(service: LauncherService, sessions: list[SessionView], rows: list[dict[str, Any]]) -> None:
+    """"CPU %" and "Memory" per session, as its host's last heartbeat measured them (empty when unknown)."""
+    from launcher.adapters.redis_stats import StatsStore
+
+    try:
+        known = StatsStore(service.store.redis, service.settings).get_many(s.id for s in sessions)
+    except Exception:  # noqa: BLE001 - figures for display only: the table shows without them
+        known = {}
+    for row, s in zip(rows, sessions, strict=True):
+        stats = known.get(s.id)
+        cpu = stats.cpu_percent if stats else None
+        mem = stats.mem_bytes if stats else None
+        limit = stats.mem_limit_bytes if stats else None
+        row["CPU %"] = f"{cpu:.1f}" if cpu is not None else ""
+        row["Memory"] = "" if mem is None else _size(mem) + (f" of {_size(limit)}" if limit else "")
 
 
 def _ask_stop_all() -> None:
@@ -550,6 +716,147 @@ def _stop_all(service: LauncherService, actor: Actor, live: int) -> None:
         else:
             fraction = progress_.done / progress_.total if progress_.total else 0.0
             st.progress(fraction, text=f"Stopping all sessions: {progress_.done} of {progress_.total}")
+
+
+# -- capacity: hosts and the admission queue (admins) -------------------------------------------------
+
+QUEUE_SHOWN = 50  # queue entries listed with a Remove button (the counts cover the whole queue)
+
+
+def launches(count: int) -> str:
+    """``1 launch``, ``2 launches``."""
+    return f"{count} launch" if count == 1 else f"{count} launches"
+
+
+def seen(host: HostInfo, now: datetime) -> str:
+    """When a host last announced itself, in words (its worker stopped on purpose: it said so)."""
+    if host.seen_at is None or host.seen_at.timestamp() <= 0:
+        return "worker stopped"
+    return f"{ago(max(now - host.seen_at, timedelta(0)))} ago"
+
+
+def host_rows(hosts: list[HostInfo], now: datetime) -> list[dict[str, Any]]:
+    """The admin's hosts table: state, sessions against the cap, what is reserved against what it offers."""
+    gib = 2**30
+    return [
+        {
+            "host": h.name,
+            "state": f"{h.state.value} (drained)" if h.drained and h.state == HostState.DOWN else h.state.value,
+            "sessions": f"{h.sessions} of {h.max_sessions}",
+            "CPUs used": f"{h.used_cpus:g} of {h.cpus:g}",
+            "memory used (GiB)": f"{h.used_mem_bytes / gib:.1f} of {h.mem_bytes / gib:.1f}",
+            "last seen": seen(h, now),
+        }
+        for h in hosts
+    ]
+
+
+def hosts_summary(hosts: list[HostInfo]) -> str:
+    """``2 hosts: 1 up, 1 draining`` (only the states present)."""
+    states = [(s, sum(1 for h in hosts if h.state == s)) for s in HostState]
+    parts = ", ".join(f"{n} {s.value}" for s, n in states if n)
+    return f"{plural(len(hosts), 'host')}: {parts}"
+
+
+def queue_summary(stats: dict[str, float], depth: int) -> str:
+    """The queue in a sentence: how many wait, the oldest, what recent admissions waited."""
+    if depth:
+        now = f"{launches(depth)} waiting for room; the oldest for {ago(timedelta(seconds=stats['oldest_wait_s']))}."
+    else:
+        now = "No launch is waiting for room."
+    admitted = int(stats.get("admissions", 0))
+    if not admitted:
+        return f"{now} No launch has been admitted yet."
+    if stats.get("recent_wait_max_s", 0) < 1:
+        recent = " Recent launches found room at once."
+    else:
+        recent = (
+            f" Recent launches waited {ago(timedelta(seconds=stats['recent_wait_p50_s']))} (median), "
+            f"at most {ago(timedelta(seconds=stats['recent_wait_max_s']))}."
+        )
+    return f"{now}{recent} {plural(admitted, 'admission')} so far."
+
+
+@st.fragment(run_every=ADMIN_REFRESH)
+def _hosts(service: LauncherService) -> None:
+    actor = _current_or_rerun(service, Permission.MANAGE_NOTEBOOKS)
+    st.subheader("Hosts", anchor=False)
+    hosts: list[HostInfo] | None = _run(service.hosts, actor)
+    if hosts is None:
+        return
+    if not hosts:
+        st.info(
+            "No Docker host has registered: is a worker running? Each host's worker announces itself every "
+            f"{ago(timedelta(seconds=service.settings.host_beacon_interval_s))} once it runs.",
+            icon=":material/dns:",
+        )
+        return
+    down = ago(timedelta(seconds=service.settings.host_down_after_s))
+    st.caption(
+        f"{hosts_summary(hosts)}. A host is down when its worker has not answered for {down}: its sessions show "
+        "as unreachable and new launches go elsewhere. A draining host takes no new sessions; its sessions run out."
+    )
+    st.dataframe(host_rows(hosts, utcnow()), hide_index=True, use_container_width=True)
+    per_row = 6
+    for at in range(0, len(hosts), per_row):
+        for column, h in zip(st.columns(per_row), hosts[at : at + per_row], strict=False):
+            _drain_button(service, column, h)
+
+
+def _drain_button(service: LauncherService, column: Any, h: HostInfo) -> None:
+    column.button(
+        f"{'Undrain' if h.drained else 'Drain'} {h.name}",
+        key=f"drain-{h.name}",
+        on_click=_act,
+        args=(service, Permission.MANAGE_NOTEBOOKS, "drain", h.name, not h.drained),
+        help="Take new sessions again" if h.drained else "No new sessions on this host; its sessions run out",
+    )
+
+
+def _confirmed_dequeue(service: LauncherService, session_id: str) -> None:
+    st.session_state.pop("confirm-dequeue", None)
+    _act(service, Permission.MANAGE_NOTEBOOKS, "stop", session_id=session_id)
+
+
+@st.fragment(run_every=ADMIN_REFRESH)
+def _queue(service: LauncherService) -> None:
+    actor = _current_or_rerun(service, Permission.MANAGE_NOTEBOOKS)
+    st.subheader("Queue", anchor=False)
+    waiting: list[Session] | None = _run(service.queue, actor)
+    stats = _run(service.queue_stats, actor)
+    if waiting is None or stats is None:
+        return
+    st.caption(queue_summary(stats, len(waiting)))
+    if not waiting:
+        return
+    now = utcnow()
+    widths = [1, 2, 2, 2, 2, 2]
+    for column, title in zip(st.columns(widths), ("#", "user", "name", "profile", "waiting for", ""), strict=True):
+        column.markdown(f"**{title}**" if title else "")
+    asked = st.session_state.get("confirm-dequeue")
+    for place, s in enumerate(waiting[:QUEUE_SHOWN], start=1):
+        cells = st.columns(widths, vertical_alignment="center")
+        cells[0].write(str(place))
+        cells[1].write(s.user)
+        cells[2].write(s.label)
+        cells[3].write(s.profile)
+        cells[4].write(ago(max(now - s.status_since, timedelta(0))))
+        if asked == s.id:
+            yes, no = cells[5].columns(2)
+            yes.button(
+                "Remove", key=f"dequeue-yes-{s.id}", type="primary", on_click=_confirmed_dequeue, args=(service, s.id)
+            )
+            no.button("Keep", key=f"dequeue-no-{s.id}", on_click=lambda: st.session_state.pop("confirm-dequeue", None))
+        else:
+            cells[5].button(
+                "Remove…",
+                key=f"dequeue-{s.id}",
+                on_click=lambda sid=s.id: st.session_state.update({"confirm-dequeue": sid}),
+                help="Take this launch out of the queue (its user sees that an administrator stopped it)",
+            )
+    hidden = len(waiting) - QUEUE_SHOWN
+    if hidden > 0:
+        st.caption(f"…and {launches(hidden)} more, further back in the queue.")
 
 
 # -- viewer -----------------------------------------------------------------------------------------
