@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from launcher.adapters.redis_store import SessionStore
-from launcher.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+from launcher.errors import Conflict, InvalidRequest, LimitReached, NotFound, PermissionDenied
 from launcher.models import Actor, Role, SessionStatus
 from launcher.service import LauncherService
 from tests.helpers import RecordingDispatcher, bring_to, register_hosts
@@ -101,3 +101,28 @@ def test_admin_stop_records_admin_reason_and_redacts_token(svc):
     assert svc.dispatcher.sent[-1] == ("stop", mine.id)
     assert svc.store.get(mine.id).stop_requested_by == "admin:root-admin"
     assert all(s.token.get_secret_value() == "" for s in svc.list_sessions(ADMIN))
+
+
+def test_profiles_are_per_role_and_bad_profiles_or_names_change_nothing(svc):
+    """A researcher cannot take the admins' profile; an unknown profile or a malformed name is refused; none of it
+    records anything. An admin gets the large profile's resources on the record."""
+    with pytest.raises(PermissionDenied, match="'large' profile is for admin roles only"):
+        svc.launch(ANN, "alpha_research", profile="large")
+    with pytest.raises(InvalidRequest, match="unknown profile"):
+        svc.launch(ANN, "alpha_research", profile="../huge")
+    with pytest.raises(InvalidRequest, match="invalid session name"):
+        svc.launch(ANN, "alpha_research", name="../../etc")
+    assert keys(svc) == [] and svc.dispatcher.sent == []
+    assert svc.profiles_for(ANN) == ["standard"] and svc.profiles_for(ADMIN) == ["standard", "large"]
+    big = svc.launch(ADMIN, "alpha_research", profile="large", name="big-run")
+    assert (big.profile, big.cpus, big.mem_bytes, big.name) == ("large", 4.0, 16 * 2**30, "big-run")
+
+
+def test_a_users_cpu_quota_holds(svc):
+    """LAUNCHER_MAX_USER_CPUS: a launch that would take a user's live sessions over it is refused."""
+    svc.settings = svc.settings.model_copy(update={"max_sessions_per_user": 3, "max_user_cpus": 3.0})
+    svc.store._settings = svc.settings
+    first = svc.launch(ANN, "alpha_research")
+    bring_to(svc.store, first.id, SessionStatus.RUNNING)
+    with pytest.raises(LimitReached, match="your live sessions use 2 of your 3 CPUs"):
+        svc.launch(ANN, "factor_analysis")
