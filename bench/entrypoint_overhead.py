@@ -37,7 +37,7 @@ from launcher.adapters.redis_store import SessionStore  # noqa: E402
 from launcher.entrypoint import write_config  # noqa: E402
 from launcher.models import Actor, Role, Session, SessionStatus, new_session_id, new_token  # noqa: E402
 from launcher.settings import Settings  # noqa: E402
-from tests.helpers import bring_to, free_port, spawn, wait_for  # noqa: E402
+from tests.helpers import bring_to, free_port, register_hosts, spawn, wait_for  # noqa: E402
 from tests.stack import random_instance, start_entrypoint, start_redis  # noqa: E402
 from tests.web import OriginClient, make_login  # noqa: E402
 from workers import hostfs  # noqa: E402
@@ -114,6 +114,7 @@ def main() -> None:
     try:
         base = Settings(instance=random_instance(), redis_url=redis_url, sessions_dir=work / "sessions")
         store = SessionStore.from_settings(base)
+        register_hosts(store, base.host_name)
         session = store.reserve(
             Session(id=new_session_id(), user="bench", template="alpha_research", token=new_token()), actor="bench"
         )

@@ -29,7 +29,7 @@ from launcher.adapters.redis_store import SessionStore  # noqa: E402
 from launcher.models import Session, SessionStatus, new_session_id, new_token  # noqa: E402
 from launcher.settings import Settings  # noqa: E402
 from launcher.spec import container_name  # noqa: E402
-from tests.helpers import bring_to  # noqa: E402
+from tests.helpers import bring_to, register_hosts  # noqa: E402
 from tests.stack import docker_client, random_instance, start_redis, start_stack  # noqa: E402
 from workers import hostfs, lifecycle, sweeps  # noqa: E402
 
@@ -74,13 +74,13 @@ def simulated(n: int, rounds: int, work: Path, redis_url: str, hostile: int = 0,
     settings = Settings(
         instance=random_instance(),
         redis_url=redis_url,
-        hosts="sim",
         host_name="sim",
         max_sessions=n,
         max_sessions_per_host=n,
         sessions_dir=work / f"sim-{n}-{hostile}",
     )
     store = SessionStore.from_settings(settings)
+    register_hosts(store, "sim", max_sessions=n)
     runtime = FakeRuntime()
     lines = []
     for i in range(n):

@@ -49,7 +49,7 @@ def test_cli_start_status_stop(clean_stack):
     assert "cli-user" in listing.stdout and token not in listing.stdout
 
     again = cli(st, "start", "--user", "cli-user", "--service-account", "--template", "alpha_research")
-    assert again.returncode == 4 and "already has a live notebook session" in again.stderr
+    assert again.returncode == 5 and "you may run 1 session at once" in again.stderr  # the per-user limit
 
     stop = cli(st, "stop", "--user", "cli-user", "--wait", "--json")
     assert stop.returncode == 0, stop.stderr
@@ -77,3 +77,29 @@ def test_cli_bad_input_exits_nonzero_with_one_line(clean_stack, args, code, mess
     assert res.returncode == code
     assert len(res.stderr.strip().splitlines()) == 1 and message in res.stderr
     assert clean_stack.store.count_live() == 0
+
+
+def test_cli_hosts_queue_drain_and_no_queue(clean_stack):
+    """`launcher hosts` shows the registered host; drained, it takes no launch: `--no-queue` is refused (exit 5),
+    a launch without it waits in the queue (`launcher queue` lists it) until cancelled with `stop --session`."""
+    st = clean_stack
+    host = st.settings.host_name
+    listed = cli(st, "hosts")
+    assert listed.returncode == 0 and listed.stdout.startswith(host) and " up " in listed.stdout
+    assert cli(st, "hosts", "drain", host).returncode == 0
+    try:
+        assert json.loads(cli(st, "hosts", "--json").stdout)[0]["state"] == "draining"
+        refused = cli(st, "start", "--user", "cli-q", "--service-account", "--template", "alpha_research", "--no-queue")
+        assert refused.returncode == 5 and "no Docker host has room" in refused.stderr
+        assert st.store.latest_session_for("cli-q") is None  # refused: nothing recorded
+        queued = cli(st, "start", "--user", "cli-q", "--service-account", "--template", "alpha_research", "--json")
+        assert queued.returncode == 0, queued.stderr
+        record = json.loads(queued.stdout)
+        assert record["status"] == "waiting" and record["host"] is None
+        queue = cli(st, "queue")
+        assert queue.returncode == 0 and record["id"] in queue.stdout and "1 waiting" in queue.stdout
+        cancelled = cli(st, "stop", "--session", record["id"], "--json")
+        assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["status"] == "stopped"
+        assert cli(st, "hosts", "drain", "no-such-host").returncode == 6
+    finally:
+        assert cli(st, "hosts", "undrain", host).returncode == 0

@@ -162,9 +162,9 @@ def test_limits_are_applied_to_the_container(two_sessions):
     st, sa, _, _ = two_sessions
     [container] = st.containers(session=sa.id)
     hc = container.attrs["HostConfig"]
-    assert hc["NanoCpus"] == int(st.settings.cpus * 1e9)
+    assert hc["NanoCpus"] == int(st.settings.profile(None).cpus * 1e9)
     assert hc["Memory"] == 1024**3 and hc["MemorySwap"] == 1024**3
-    assert hc["PidsLimit"] == st.settings.pids_limit
+    assert hc["PidsLimit"] == st.settings.profile(None).pids_limit
     assert hc["ReadonlyRootfs"] is True and hc["NetworkMode"] == "none"
     assert hc["CapDrop"] == ["ALL"] and "no-new-privileges:true" in hc["SecurityOpt"]
 
@@ -192,7 +192,7 @@ def test_fork_loop_is_capped(two_sessions):
     )
     forked, err = out.split()
     assert err == "EAGAIN"
-    assert 0 < int(forked) < st.settings.pids_limit
+    assert 0 < int(forked) < st.settings.profile(None).pids_limit
 
 
 def test_memory_hog_kills_the_kernel_not_the_server(two_sessions):

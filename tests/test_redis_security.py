@@ -172,7 +172,6 @@ def test_a_second_host_works_over_tls_and_nothing_else_gets_in(tls_redis, tmp_pa
         redis_url=address,
         redis_password=password,
         redis_ca_file=ca,
-        hosts=["host2"],
         host_name="host2",
         sessions_dir=tmp_path / "sessions",
         workspaces_dir=tmp_path / "workspaces",
@@ -182,6 +181,8 @@ def test_a_second_host_works_over_tls_and_nothing_else_gets_in(tls_redis, tmp_pa
     worker = start_worker(host2, tmp_path / "host2-worker.log", f"w-{host2.instance}")
     try:
         store = SessionStore.from_settings(host2)  # the first host's side: console / CLI
+        # host2's worker registers its host over TLS, like every host
+        wait_for(lambda: [h.name for h in store.hosts() if h.state.value == "up"] == ["host2"], 60, "host2 to register")
         service = LauncherService(host2, store, CeleryDispatcher.from_settings(host2))
         session = store.reserve(
             Session(id=new_session_id(), user="tls-user", template="alpha_research", token=new_token()), actor="tls"
