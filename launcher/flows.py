@@ -38,7 +38,7 @@ def request_stop(
     current = store.get(session_id)
     if current is not None and current.status == SessionStatus.WAITING:
         try:
-            ended = store.apply(session_id, Cancel(by=by, reason=reason))
+            ended = store.apply(session_id, Cancel(by=by, reason=reason, batch=batch))
         except Conflict:  # admitted meanwhile: stop it like any other
             pass
         else:

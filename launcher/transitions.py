@@ -19,6 +19,7 @@ Every reason is a ``Reason`` and every actor a ``By``; nothing else reaches the 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -93,6 +94,8 @@ class Requeue(Command):
 @dataclass(frozen=True)
 class Cancel(Command):
     """A launch that was still waiting for room ends: nothing ran, nothing to clean up."""
+
+    batch: str | None = None  # a stop-all's id, for its progress
 
     def patch(self) -> dict[str, Any]:
         return {"stop_reason": self.reason, "stop_requested_by": str(self.by), "stopped_at": utcnow(), "phase": None}
@@ -207,6 +210,22 @@ class RecordStartLog(Command):
         return {"start_log": self.text}
 
 
+@dataclass(frozen=True)
+class RecordProvenance(Command):
+    """What a starting session runs on (launcher.provenance): its data snapshot and its record, written on the
+    session and, as compact JSON, into the audit entry."""
+
+    snapshot: str = ""
+    record: tuple[tuple[str, str], ...] = ()  # frozen: the record's items
+    audit_action: str = field(default="provenance", init=False, repr=False)
+
+    def patch(self) -> dict[str, Any]:
+        return {"snapshot": self.snapshot, "record": dict(self.record)}
+
+    def detail(self) -> str:
+        return json.dumps(dict(self.record), sort_keys=True, separators=(",", ":"))
+
+
 # The whole state machine: (statuses a command may start from, the status it moves to or None).
 TRANSITIONS: dict[type[Command], tuple[frozenset[SessionStatus], SessionStatus | None]] = {
     Admit: (frozenset({W}), Q),
@@ -223,6 +242,7 @@ TRANSITIONS: dict[type[Command], tuple[frozenset[SessionStatus], SessionStatus |
     MarkFailed: (LIVE_STATUSES, SessionStatus.ERROR),
     FailStart: (frozenset({Q, S}), SessionStatus.ERROR),
     RecordStartLog: (frozenset({SessionStatus.ERROR}), None),
+    RecordProvenance: (frozenset({S}), None),
 }
 
 
