@@ -380,8 +380,10 @@ def settled(session: Session | None, containers: list) -> bool:
 def problems(stack) -> list[str]:  # noqa: ANN001 - a tests.stack.Stack
     """Everything wrong with the stack's state right now ([] when consistent):
 
-    - each id in ``<instance>:live`` is a live record placed on a host, in that host's set, holding its user's lock;
-    - each host set and each user lock points at a live session, and a user holds at most one;
+    - each id in ``<instance>:live`` is a live record, in its user's live set; a waiting one is in the queue and on no
+      host, any other is placed on a host and in that host's set;
+    - each host set, the queue and each user's live set point at live sessions; what each host has reserved is what
+      its live sessions reserve;
     - each labelled container belongs to a live session (no orphan), a running session has exactly one container,
       running, and it is the one recorded;
     - no session folder and no mounted workspace image is left without a live session;
@@ -396,19 +398,28 @@ def problems(stack) -> list[str]:  # noqa: ANN001 - a tests.stack.Stack
         if s is None or s.status not in LIVE_STATUSES:
             found.append(f"{sid} in live but {s.status.value if s else 'missing'}")
             continue
-        if s.host is None or sid not in r.smembers(f"{p}host:{s.host}:live"):
+        if s.status == SessionStatus.WAITING:
+            if r.zscore(f"{p}queue", sid) is None or s.host is not None:
+                found.append(f"{sid} waiting but not in the queue (or placed on {s.host})")
+        elif s.host is None or sid not in r.smembers(f"{p}host:{s.host}:live"):
             found.append(f"{sid} holds no seat on its host {s.host}")
-        if r.get(f"{p}user:{s.user}") != sid:
-            found.append(f"{sid} does not hold the lock of {s.user}")
+        if sid not in r.smembers(f"{p}user:{s.user}:live"):
+            found.append(f"{sid} is not among the live sessions of {s.user}")
     for key in r.scan_iter(f"{p}host:*:live"):
         for sid in r.smembers(key) - set(live):
             found.append(f"seat leaked: {sid} in {key}")
-    for key in r.scan_iter(f"{p}user:*"):
-        if key.endswith(":last"):
-            continue
-        sid = r.get(key)
-        if sid not in live or f"{p}user:{live[sid].user}" != key:
-            found.append(f"user lock leaked: {key} -> {sid}")
+        host = key[len(f"{p}host:") : -len(":live")]
+        mine = [live[sid] for sid in r.smembers(key) if sid in live]
+        used = r.hmget(f"{p}host:{host}", "used_mcpu", "used_mem")
+        if [int(used[0] or 0), int(used[1] or 0)] != [sum(x.millicpus for x in mine), sum(x.mem_bytes for x in mine)]:
+            found.append(f"reservations of {host} are {used}, its sessions reserve {len(mine)}")
+    for sid in r.zrange(f"{p}queue", 0, -1):
+        if sid not in live or live[sid].status != SessionStatus.WAITING:
+            found.append(f"queue leaked: {sid}")
+    for key in r.scan_iter(f"{p}user:*:live"):
+        for sid in r.smembers(key):
+            if sid not in live or f"{p}user:{live[sid].user}:live" != key:
+                found.append(f"user set leaked: {key} -> {sid}")
     by_session: dict[str, list] = {}
     for c in stack.containers():
         by_session.setdefault(c.labels.get(f"{LABEL_PREFIX}.session", ""), []).append(c)

@@ -211,7 +211,7 @@ def watch(
 
 
 def story(fx: Faults, session: Session) -> str:
-    """The session's audit actions, oldest first, as one line ("queued starting running ...")."""
+    """The session's audit actions, oldest first, as one line ("waiting queued starting running ...")."""
     return " ".join(action for action, *_ in trail(fx.st.store, session.id))
 
 
@@ -341,14 +341,15 @@ def test_docker_unreachable_during_start_stop_heartbeat_and_reconcile(fx: Faults
     assert dead.status == SessionStatus.ERROR and dead.stop_reason == "died" and readable(dead.error), dead
     wait_consistent(st, 30)
 
-    assert story(fx, ready) == "queued starting running"
-    assert story(fx, created) == "queued starting running"
-    assert story(fx, keeper) == "queued starting running"
+    assert story(fx, ready) == "waiting queued starting running"
+    assert story(fx, created) == "waiting queued starting running"
+    assert story(fx, keeper) == "waiting queued starting running"
     stop_trail = trail(st.store, stopper.id)
-    assert [a for a, *_ in stop_trail] == ["queued", "starting", "running", "stopping", "stopped"], stop_trail
+    assert [a for a, *_ in stop_trail] == ["waiting", "queued", "starting", "running", "stopping", "stopped"], stop_trail
     assert stop_trail[3][2:] == ("user:dk-stop", "user") and stop_trail[4][3] == "user", stop_trail
     die_trail = trail(st.store, dying.id)
-    assert [a for a, *_ in die_trail] == ["queued", "starting", "running", "error"] and die_trail[-1][3] == "died"
+    assert [a for a, *_ in die_trail] == ["waiting", "queued", "starting", "running", "error"]
+    assert die_trail[-1][3] == "died"
     assert relay.seen("POST", CREATE, since=back), "the held create was retried once Docker returned"
     assert "runtime.unknown" in st.worker.log.read_text(errors="replace")  # the readiness wait asked, in vain
 
@@ -407,8 +408,8 @@ def test_redis_restarted_during_start_and_stop(fx: Faults) -> None:
     assert ended.status == SessionStatus.STOPPED and ended.stop_reason == "user", ended
     assert st.store.latest_session_for("rd-late") is None  # the refused launch left nothing
     wait_consistent(st, 30)
-    assert re.fullmatch(r"queued( starting)+ running", story(fx, starting)), story(fx, starting)
-    assert story(fx, stopper) == "queued starting running stopping stopped"
+    assert re.fullmatch(r"waiting queued( starting)+ running", story(fx, starting)), story(fx, starting)
+    assert story(fx, stopper) == "waiting queued starting running stopping stopped"
 
     record("Redis restarted during start", f"launch refused meanwhile ({seen!r}); running {took[starting.id]:.1f} s "
            f"after Redis returned (down {back - down:.1f} s)")
@@ -439,7 +440,8 @@ def test_broker_unreachable_when_the_console_enqueues(fx: Faults) -> None:
     assert lost is not None and lost.status == SessionStatus.ERROR and lost.error == seen
     assert lost.stop_reason == "dispatch_failed" and st.store.live_session_for("br-launch") is None
     assert trail(st.store, lost.id) == [
-        ("queued", "", "user:br-launch", "launch"),
+        ("waiting", "", "user:br-launch", "launch"),
+        ("queued", "waiting", "launcher", "admitted"),
         ("error", "queued", "launcher", "dispatch_failed"),
     ]
     assert not problems(st), problems(st)  # no seat, no lock
@@ -452,7 +454,7 @@ def test_broker_unreachable_when_the_console_enqueues(fx: Faults) -> None:
     assert ended.status == SessionStatus.STOPPED and ended.stop_reason == "user", ended
     assert st.containers(session=running.id) == []
     assert "resend_stop" in st.worker.log.read_text(errors="replace")  # the sweep sent it again
-    assert story(fx, running) == "queued starting running stopping stopped"
+    assert story(fx, running) == "waiting queued starting running stopping stopped"
 
     [again] = launch_running(fx, "br-launch")  # the lock and the seat really are free
     assert again.id != lost.id
@@ -516,8 +518,8 @@ def test_worker_killed_at_five_points_then_restarted(fx: Faults) -> None:
     assert ended.status == SessionStatus.STOPPED and ended.stop_reason == "user", ended
     wait_consistent(st, 30)
     for s in (queued, created, started, ready):
-        assert re.fullmatch(r"queued( starting)+ running", story(fx, s)), (s.user, story(fx, s))
-    assert story(fx, stopper) == "queued starting running stopping stopped"
+        assert re.fullmatch(r"waiting queued( starting)+ running", story(fx, s)), (s.user, story(fx, s))
+    assert story(fx, stopper) == "waiting queued starting running stopping stopped"
 
     for s, point in ((queued, "after reserve"), (created, "after create"), (started, "after container start"),
                      (ready, "during the readiness wait"), (stopper, "during stop")):
@@ -563,8 +565,8 @@ def test_docker_unreachable_past_the_deadlines(fxb: Faults) -> None:
     back = time.monotonic()
     wait_consistent(st, 30, "the leftovers to be removed")
     cleaned = time.monotonic() - back
-    assert story(fxb, starting) == "queued starting error"
-    assert story(fxb, stopper) == "queued starting running stopping stopped"
+    assert story(fxb, starting) == "waiting queued starting error"
+    assert story(fxb, stopper) == "waiting queued starting running stopping stopped"
 
     record("Docker cut past the starting deadline", f"error after {took[starting.id]:.1f} s of outage: "
            f"{failed.error!r}")
@@ -610,7 +612,7 @@ def test_frozen_jupyter_server_with_a_busy_kernel_is_reaped_when_idle(fxb: Fault
     for cell in cells:
         cell.join(30)
     trail_ = trail(st.store, frozen.id)
-    assert [a for a, *_ in trail_] == ["queued", "starting", "running", "stopping", "stopped"], trail_
+    assert [a for a, *_ in trail_] == ["waiting", "queued", "starting", "running", "stopping", "stopped"], trail_
     assert trail_[3][2:] == ("reaper", "idle") and trail_[4][3] == "idle", trail_
     record("Jupyter server frozen with a busy kernel", f"no busy kernel recorded {unbusy_s:.1f} s after the freeze; "
            f"reaped (stopped, idle) {reaped_s:.1f} s after it (idle timeout {IDLE_B:.0f} s)")
