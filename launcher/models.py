@@ -7,9 +7,17 @@ import secrets
 import string
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializationInfo, field_serializer
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializationInfo,
+    field_serializer,
+)
 
 from launcher.errors import SchemaMismatch
 
@@ -142,6 +150,12 @@ class Session(BaseModel):
     max_age_exempt: bool = False  # an admin exempted it from the maximum age
     error: str | None = None
     start_log: str | None = None  # a failed start: the last lines of its container's log, secrets scrubbed
+    pool_slot: str | None = None  # the warm-pool container it claimed (workers.pool), None for a cold start
+    # The data snapshot it runs on (launcher.snapshots): "" = the current one, resolved and written here at start.
+    snapshot: str = Field("", pattern=r"^(|legacy|[0-9a-f]{16})$")
+    # What it runs on, recorded by its worker at start (launcher.provenance); {} before that and in older records.
+    # (Redis's cjson writes an empty object back as [] when a transition rewrites the record: read as {}.)
+    record: Annotated[dict[str, str], BeforeValidator(lambda v: {} if v == [] else v)] = Field(default_factory=dict)
 
     @field_serializer("token")
     def _dump_token(self, token: SecretStr, info: SerializationInfo) -> str:

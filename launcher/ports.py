@@ -11,6 +11,7 @@ and an in-memory runtime); ``launcher/bootstrap.py`` wires them. Nothing here do
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -90,7 +91,17 @@ class ManagedContainer:
 
     @property
     def session_id(self) -> str:
-        return self.labels.get(f"{LABEL_PREFIX}.session", "")
+        """Its session: the label of a container started for one; the name of a warm-pool container claimed by one
+        (labels are fixed at boot, so a claim renames it ``<instance>-nb-<session>``)."""
+        labelled = self.labels.get(f"{LABEL_PREFIX}.session", "")
+        if labelled or not self.pool_slot:
+            return labelled
+        _, sep, tail = self.name.rpartition("-nb-")
+        return tail if sep and re.fullmatch(r"[a-z0-9]{12}", tail) else ""
+
+    @property
+    def pool_slot(self) -> str:
+        return self.labels.get(f"{LABEL_PREFIX}.pool", "")
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,7 @@ class EngineCapacity:
 class Runtime(Protocol):
     def capacity(self) -> EngineCapacity: ...
     def start(self, spec: dict[str, Any]) -> Handle: ...
+    def claim(self, name: str, new_name: str, cpu_shares: int) -> Handle: ...
     def state(self, name: str) -> ContainerState: ...
     def stop(self, name: str, timeout: int = 10) -> None: ...
     def list_managed(self, instance: str) -> list[ManagedContainer]: ...

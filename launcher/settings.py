@@ -132,11 +132,15 @@ class Settings(BaseSettings):
     host_beacon_interval_s: float = Field(5.0, gt=0)
     host_down_after_s: float = Field(30.0, gt=0)
     queue_wait_deadline_s: float = Field(1800.0, gt=0)
+    # The warm pool (workers/pool.py): pre-booted notebook servers per host and profile, claimed by a launch.
+    pool_sizes: dict[str, int] = {"standard": 2}
+    pool_slots_dir: Path = REPO_ROOT / "var" / "pool-slots"
 
     # The notebook container.
     notebook_image: str = "launcher-notebook:latest"
     image_retention_days: float = Field(30.0, ge=0)  # python -m launcher.images prune keeps younger images
-    data_dir: Path = REPO_ROOT / "var" / "data"
+    data_dir: Path = REPO_ROOT / "var" / "data"  # the data root: snapshots/<id>/, current (launcher.snapshots)
+    snapshot_keep_recent: int = Field(3, ge=0)  # python -m launcher.snapshots prune keeps this many newest
     templates_dir: Path = REPO_ROOT / "notebooks" / "templates"
     library_dir: Path = REPO_ROOT / "notebooks" / "lib"
     workspaces_dir: Path = REPO_ROOT / "var" / "workspaces"
@@ -217,6 +221,9 @@ class Settings(BaseSettings):
         for name in self.profiles:
             if not re.fullmatch(_NAME, name):
                 raise ValueError(f"invalid profile name {name!r}: use lowercase letters, digits and '-'")
+        for name, size in self.pool_sizes.items():
+            if name not in self.profiles or not 0 <= size <= 32:
+                raise ValueError(f"LAUNCHER_POOL_SIZES: {name!r} must be a profile, its size 0-32")
         if self.default_profile not in self.profiles:
             raise ValueError(f"LAUNCHER_DEFAULT_PROFILE {self.default_profile!r} is not one of LAUNCHER_PROFILES")
         parse_size(self.host_reserve_mem)

@@ -63,11 +63,15 @@ def jupyter_command() -> list[str]:
     ]
 
 
-def build_container_spec(session: Session, settings: Settings, *, workspace: Path, rundir: Path) -> dict[str, Any]:
+def build_container_spec(
+    session: Session, settings: Settings, *, workspace: Path, rundir: Path, data: Path | None = None
+) -> dict[str, Any]:
     """Keyword arguments for ``docker.containers.create`` for this session's notebook.
 
     ``rundir`` is the session's host folder (``workers.hostfs.prepare_rundir``): its ``sock/``
     holds Jupyter's socket, its ``secret/`` the secret the entry point adds to every request.
+    ``data`` is the host folder of the session's data snapshot (``launcher.snapshots.resolve``), mounted
+    read-only at /data; without it the data root itself (the layout from before snapshots).
     """
     mem = session.mem_bytes
     return {
@@ -89,7 +93,7 @@ def build_container_spec(session: Session, settings: Settings, *, workspace: Pat
             "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
         },
         "volumes": {
-            str(settings.data_dir.resolve()): {"bind": "/data", "mode": "ro"},
+            str(data if data is not None else settings.data_dir.resolve()): {"bind": "/data", "mode": "ro"},
             str(settings.templates_dir.resolve()): {"bind": "/templates", "mode": "ro"},
             str(settings.library_dir.resolve()): {"bind": LIBRARY_MOUNT, "mode": "ro"},
             str(workspace): {"bind": WORKSPACE_MOUNT, "mode": "rw"},

@@ -226,6 +226,20 @@ class RecordProvenance(Command):
         return json.dumps(dict(self.record), sort_keys=True, separators=(",", ":"))
 
 
+@dataclass(frozen=True)
+class ClaimPool(Command):
+    """A starting session took a warm-pool container (workers.pool): its slot, the container, and the secret the
+    container booted with (the entry point adds it upstream; it never reaches the audit entry)."""
+
+    slot: str = ""
+    token: str = field(default="", repr=False)
+    container_id: str = ""
+
+    def patch(self) -> dict[str, Any]:
+        return {"pool_slot": self.slot, "token": self.token, "container_id": self.container_id,
+                "phase": "claimed a warm notebook"}
+
+
 # The whole state machine: (statuses a command may start from, the status it moves to or None).
 TRANSITIONS: dict[type[Command], tuple[frozenset[SessionStatus], SessionStatus | None]] = {
     Admit: (frozenset({W}), Q),
@@ -243,6 +257,7 @@ TRANSITIONS: dict[type[Command], tuple[frozenset[SessionStatus], SessionStatus |
     FailStart: (frozenset({Q, S}), SessionStatus.ERROR),
     RecordStartLog: (frozenset({SessionStatus.ERROR}), None),
     RecordProvenance: (frozenset({S}), None),
+    ClaimPool: (frozenset({S}), None),
 }
 
 

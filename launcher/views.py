@@ -10,13 +10,14 @@ import json
 import re
 import statistics
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
 
 from launcher.models import AuditEvent, Reason, Session, SessionStatus, WorkspaceUsage
 from launcher.policy import ReapPolicy, time_left
+from launcher.provenance import RECORD_FIELDS
 from launcher.settings import Settings
 
 # Why a session ended, in words for its owner ("... stopped because <text>").
@@ -64,6 +65,9 @@ def template(templates_dir: Path, name: str) -> Template:
         return Template(name=name, title=name.replace("_", " ").title(), description="", data="")
 
 
+_RECORD_ORDER = {name: i for i, name in enumerate(RECORD_FIELDS)}
+
+
 @dataclass(frozen=True)
 class SessionView:
     """One session as its owner (or an admin) sees it. Never carries the Jupyter secret."""
@@ -96,6 +100,7 @@ class SessionView:
     start_log: str = ""  # a failed start: the last lines of its container's output, scrubbed
     stopped_at: datetime | None = None
     host_down: bool = False  # its host's worker stopped answering: its state is not known now
+    record: dict[str, str] = field(default_factory=dict)  # what it runs on (launcher.provenance); {} before its start
 
     @property
     def state_text(self) -> str:
@@ -155,6 +160,7 @@ def session_view(
         start_log=scrub(session.start_log or "", [session.token.get_secret_value()]),
         stopped_at=session.stopped_at,
         host_down=host_down,
+        record=dict(sorted(session.record.items(), key=lambda kv: _RECORD_ORDER.get(kv[0], len(_RECORD_ORDER)))),
     )
 
 

@@ -67,6 +67,8 @@ def unit_settings(tmp_path: Path) -> Settings:
         data_dir=tmp_path / "data",
         workspace_images_dir=tmp_path / "workspace-images",
         workspace_quota_enforce="measure",
+        pool_sizes={},
+        pool_slots_dir=tmp_path / "pool-slots",
         cookie_secret=secrets.token_urlsafe(32),
         flower_password=secrets.token_urlsafe(16),
     )

@@ -56,7 +56,7 @@ def test_launch_open_compute_stop(clean_stack):
     anonymous.close()
 
     actions = [e.action for e in reversed(st.store.audit(user="e2e-alice", limit=20)) if e.session_id == session.id]
-    assert actions == ["queued", "starting", "running", "stopping", "stopped"]
+    assert actions == ["waiting", "queued", "starting", "provenance", "running", "stopping", "stopped"]
 
 
 def test_environment_mounts_and_template(clean_stack):

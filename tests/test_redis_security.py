@@ -173,6 +173,7 @@ def test_a_second_host_works_over_tls_and_nothing_else_gets_in(tls_redis, tmp_pa
         redis_password=password,
         redis_ca_file=ca,
         host_name="host2",
+        pool_sizes={},
         sessions_dir=tmp_path / "sessions",
         workspaces_dir=tmp_path / "workspaces",
         data_dir=tmp_path / "data",

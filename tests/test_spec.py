@@ -108,3 +108,13 @@ def test_container_name_derives_from_session_id():
     """The same session always maps to the same container name (retries adopt, never duplicate)."""
     s = Settings(instance="abc")
     assert container_name(s, "x1y2z3x1y2z3") == container_name(s, "x1y2z3x1y2z3") == "abc-nb-x1y2z3x1y2z3"
+
+
+def test_the_data_snapshot_is_what_is_mounted_read_only_at_data():
+    """A session's resolved snapshot folder (launcher.snapshots.resolve) replaces the data root at /data."""
+    settings = Settings(instance="nbl", data_dir=Path("/srv/data"))
+    session = Session(id="abcdefghij12", user="ann", template="alpha_research", token=SecretStr("tok"))
+    snap = Path("/srv/data/snapshots/0123456789abcdef/data")
+    spec = build_container_spec(session, settings, workspace=Path("/w/ann"), rundir=Path("/s/x"), data=snap)
+    assert spec["volumes"][str(snap)] == {"bind": "/data", "mode": "ro"}
+    assert [k for k, v in spec["volumes"].items() if v["bind"] == "/data"] == [str(snap)]

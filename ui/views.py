@@ -513,6 +513,16 @@ def _session_panel(service: LauncherService, view: SessionView, many: bool = Fal
                 args=(service, Permission.LAUNCH_NOTEBOOKS, "keep_alive"),
                 kwargs={"session_id": view.id},
             )
+        if view.record:  # the record (launcher.provenance): what to cite a result from this session with
+            with st.expander("What this session runs on", expanded=False):
+                st.caption(
+                    "Recorded when it started; also in ~/work/.launcher/" + view.id + ".json. "
+                    "Cite a result with it (docs/research.md)."
+                )
+                st.code(
+                    "\n".join(f"{k}: {v}" for k, v in view.record.items() if k not in ("session", "user")),
+                    language=None,
+                )
     if view.status == SessionStatus.STOPPING:
         return
     pending = view.status in (SessionStatus.WAITING, SessionStatus.QUEUED)  # nothing has started yet

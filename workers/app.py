@@ -64,6 +64,7 @@ def _announce(sender: object = None, **_: object) -> None:
     """Register this host in Redis and keep announcing it (workers.registry); when it is new or back after being
     down, reconcile it and let the queue use its room."""
     from launcher.flows import admit_waiting
+    from workers import pool
     from workers.registry import Beacon
     from workers.tasks import context
 
@@ -76,6 +77,15 @@ def _announce(sender: object = None, **_: object) -> None:
     beacon = Beacon(ctx, on_return)
     beacon.start()
     _BEACON.append(beacon)
+    if pool.wanted(ctx.settings):  # the warm pool, kept by its own thread (workers/pool.py)
+
+        def on_room() -> None:
+            beacon.beat()  # announce the room the pool gave back, then let the queue use it
+            admit_waiting(ctx.store, CeleryDispatcher(app, ctx.settings), actor=str(ctx.by))
+
+        keeper = pool.Keeper(ctx, on_room)
+        keeper.start()
+        _BEACON.append(keeper)
 
 
 @worker_shutdown.connect

@@ -7,13 +7,17 @@ redirect a write.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import pwd
+import re
 import shutil
 import stat
 from pathlib import Path
 
 from launcher.errors import InvalidRequest, StartFailed
+from launcher.models import SESSION_ID_PATTERN
 from launcher.settings import Settings
 from launcher.validation import resolve_template, safe_child, validate_user_id
 
@@ -62,6 +66,44 @@ def copy_template(settings: Settings, template: str, workspace: Path) -> Path:
         dest.unlink(missing_ok=True)
         raise
     return dest
+
+
+RECORD_DIR = ".launcher"  # in the workspace: ~/work/.launcher/<session id>.json
+RECORD_MAX_BYTES = 64 * 1024
+
+
+def write_record(settings: Settings, workspace: Path, session_id: str, text: str) -> Path:
+    """Write a session's record into the user's workspace as ``.launcher/<session id>.json``, owned by the
+    notebook uid. Never through a symlink: the folder is opened with O_NOFOLLOW|O_DIRECTORY and the file is
+    written under a fresh name in it (O_EXCL) and renamed over the old one, relative to that folder."""
+    if not re.fullmatch(SESSION_ID_PATTERN, session_id):
+        raise InvalidRequest(f"invalid session id {session_id[:20]!r}")
+    name = f"{session_id}.json"
+    data = text.encode()
+    if len(data) > RECORD_MAX_BYTES:
+        raise InvalidRequest(f"the record of {session_id} is larger than {RECORD_MAX_BYTES} bytes")
+    folder = workspace / RECORD_DIR
+    try:
+        folder.mkdir(mode=0o755)
+    except FileExistsError:
+        pass
+    else:
+        _chown(folder, settings.notebook_uid, settings.notebook_gid)
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        tmp = f".{name}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dfd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
+        try:
+            _chown(fd, settings.notebook_uid, settings.notebook_gid)
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    return folder / name
 
 
 def session_rundir(settings: Settings, session_id: str) -> Path:
@@ -218,3 +260,33 @@ def check_notebook_identity(settings: Settings) -> None:
             "this Docker host is misconfigured (notebook uid); an operator must fix it",
             f"{why}: set LAUNCHER_NOTEBOOK_UID and LAUNCHER_NOTEBOOK_GID to ids no login account uses",
         )
+
+
+# -- the warm pool (workers/pool.py) ------------------------------------------------------------
+
+
+def write_identity(settings: Settings, slot: str, identity: dict[str, str]) -> None:
+    """A claimed pool container's session identity, in its read-only ``/run/nbl`` (root:gid 0440): every Python
+    process it starts afterwards reads it (docker/notebook/nbl_pool_env.py)."""
+    secret_dir = safe_child(_ensure_base(settings.sessions_dir), slot) / "secret"
+    if secret_dir.is_symlink() or not secret_dir.is_dir():
+        raise StartFailed("the notebook could not be prepared", f"{secret_dir} is not the slot's secret folder")
+    tmp = secret_dir / ".identity.tmp"
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o440)
+    try:
+        _chown(fd, 0, settings.notebook_gid)
+        os.write(fd, json.dumps(identity).encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, secret_dir / "identity.json")
+
+
+def rename_rundir(settings: Settings, old: str, new: str) -> None:
+    """A claimed pool container's folder takes its session's id (the entry point routes by it). The container's
+    bind mounts follow the folder: they hold it, not its name."""
+    base = _ensure_base(settings.sessions_dir)
+    source, target = safe_child(base, old), safe_child(base, new)
+    if target.exists() or target.is_symlink():
+        raise StartFailed("the notebook could not be prepared", f"{target} exists already")
+    os.rename(source, target)

@@ -18,19 +18,30 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
+from launcher import snapshots
 from launcher.adapters.jupyter_http import wait_ready
 from launcher.adapters.redis_store import SessionStore
 from launcher.errors import Conflict, LauncherError, NotFound, RuntimeUnavailable
 from launcher.flows import fail
 from launcher.logs import event
 from launcher.models import Reason, Session, SessionStatus, utcnow
-from launcher.ports import ContainerState, Runtime
+from launcher.ports import ContainerState, Handle, Runtime
 from launcher.settings import Settings
 from launcher.spec import build_container_spec, container_name
-from launcher.transitions import ActorKind, By, MarkRunning, MarkStarting, MarkStopped, SetPhase
-from workers import hostfs, quota
+from launcher.transitions import (
+    ActorKind,
+    By,
+    ClaimPool,
+    MarkRunning,
+    MarkStarting,
+    MarkStopped,
+    RecordProvenance,
+    SetPhase,
+)
+from workers import hostfs, provenance, quota
 
 log = logging.getLogger("launcher.worker")
 T = TypeVar("T")
@@ -76,12 +87,29 @@ def discard(ctx: WorkerContext, session_id: str, user: str | None) -> None:
     The folder and the mount go even when the engine is unreachable (the error is raised after): a start that
     failed before its container existed leaves nothing for reconcile to find, and so nothing to clean up later.
     """
+    slot = _pool_slot(ctx, session_id)
     try:
         ctx.runtime.stop(container_name(ctx.settings, session_id), timeout=0)
+        if slot:  # a claimed warm-pool container: its workspace mount goes once the container is gone
+            from workers import pool
+
+            pool.release(ctx, slot)
     finally:
         hostfs.remove_rundir(ctx.settings, session_id)
-        if user and not _workspace_in_use(ctx, user, session_id):
-            quota.detach(ctx.settings, user)
+        if user:
+            with quota.user_lock(user):
+                if not _workspace_in_use(ctx, user, session_id):
+                    quota.detach(ctx.settings, user)
+
+
+def _pool_slot(ctx: WorkerContext, session_id: str) -> str | None:
+    """The warm-pool slot a session claimed (None for a cold start, or when Redis cannot say: reconcile then
+    unmounts the slot once its container is gone)."""
+    try:
+        session = ctx.store.get(session_id)
+    except LauncherError:
+        return None
+    return session.pool_slot if session is not None else None
 
 
 def _workspace_in_use(ctx: WorkerContext, user: str, session_id: str) -> bool:
@@ -157,26 +185,49 @@ def _start(ctx: WorkerContext, session_id: str) -> Session | None:
         session = ctx.store.apply(session_id, MarkStarting(by=ctx.by, reason=Reason.START))
         until = _until(session, ctx.settings.starting_deadline_s)
         hostfs.check_notebook_identity(ctx.settings)
-        workspace = hostfs.prepare_workspace(ctx.settings, session.user)
-        if quota.filesystem_mode(ctx.settings):
-            quota.attach(ctx.settings, session.user, workspace)
-        ctx.store.set_usage(session.user, quota.measure(ctx.settings, workspace))
-        hostfs.copy_template(ctx.settings, session.template, workspace)
-        rundir = hostfs.prepare_rundir(ctx.settings, session_id, session.token.get_secret_value())
-        spec = build_container_spec(session, ctx.settings, workspace=workspace, rundir=rundir)
-        timings["prepare"] = time.monotonic() - t0
-        handle = retrying(lambda: ctx.runtime.start(spec), until, "start")
-        timings["container"] = time.monotonic() - t0 - timings["prepare"]
-        phase = SetPhase(by=ctx.by, reason=Reason.START, phase="waiting for Jupyter", container_id=handle.id)
-        retrying(lambda: ctx.store.apply(session_id, phase), until, "record the phase")  # Redis may be restarting
-        timings["jupyter"] = wait_ready(
-            hostfs.socket_path(ctx.settings, session_id),
-            session.token.get_secret_value(),
-            timeout=min(ctx.settings.start_timeout_s, max(1.0, until - time.monotonic())),
-            still_alive=lambda: _still_running(ctx, handle.name),
+        # The data snapshot it pinned, or the current one (pinned on the session by the record below).
+        snapshot, data = snapshots.resolve(ctx.settings.data_dir, session.snapshot)
+        fields["snapshot"] = snapshot
+        with quota.user_lock(session.user):  # attached here, held by the container below (never released between)
+            workspace = hostfs.prepare_workspace(ctx.settings, session.user)
+            if quota.filesystem_mode(ctx.settings):
+                quota.attach(ctx.settings, session.user, workspace)
+            ctx.store.set_usage(session.user, quota.measure(ctx.settings, workspace))
+            hostfs.copy_template(ctx.settings, session.template, workspace)
+            claimed = _claim_from_pool(ctx, session, workspace, snapshot, until)
+            if claimed is not None:  # a warm pool container is now this session's: its Jupyter answers already
+                session, handle = claimed
+                timings["claim"] = time.monotonic() - t0
+            else:
+                rundir = hostfs.prepare_rundir(ctx.settings, session_id, session.token.get_secret_value())
+                spec = build_container_spec(session, ctx.settings, workspace=workspace, rundir=rundir, data=data)
+                timings["prepare"] = time.monotonic() - t0
+                handle = retrying(lambda: ctx.runtime.start(spec), until, "start")
+                timings["container"] = time.monotonic() - t0 - timings["prepare"]
+            phase = SetPhase(by=ctx.by, reason=Reason.START, phase="waiting for Jupyter", container_id=handle.id)
+            retrying(lambda: ctx.store.apply(session_id, phase), until, "record the phase")  # Redis may be restarting
+        # The record: on the session and in the audit (one command), then in the workspace (best effort).
+        started: Session = session
+        record = retrying(
+            lambda: provenance.record_for(ctx.settings, ctx.runtime, started, snapshot=snapshot, container=handle.name),
+            until,
+            "inspect the image",
         )
-        hostfs.lock_socket(ctx.settings, session_id)
-        hostfs.retire_secret(ctx.settings, session_id)
+        pin = RecordProvenance(by=ctx.by, reason=Reason.START, snapshot=snapshot, record=tuple(record.items()))
+        retrying(lambda: ctx.store.apply(session_id, pin), until, "record provenance")
+        try:
+            hostfs.write_record(ctx.settings, workspace, session_id, provenance.record_json(record))
+        except (OSError, LauncherError) as exc:  # e.g. the user made ~/work/.launcher a symlink: not followed
+            event(log, "session.record_not_written", level=logging.WARNING, **fields, error=str(exc)[:200])
+        if claimed is None:
+            timings["jupyter"] = wait_ready(
+                hostfs.socket_path(ctx.settings, session_id),
+                session.token.get_secret_value(),
+                timeout=min(ctx.settings.start_timeout_s, max(1.0, until - time.monotonic())),
+                still_alive=lambda: _still_running(ctx, handle.name),
+            )
+            hostfs.lock_socket(ctx.settings, session_id)
+            hostfs.retire_secret(ctx.settings, session_id)
         ready = MarkRunning(by=ctx.by, reason=Reason.READY, url=ctx.settings.session_origin(session_id))
         session = retrying(lambda: ctx.store.apply(session_id, ready), until, "record running")
     except Conflict:
@@ -204,6 +255,23 @@ def _start(ctx: WorkerContext, session_id: str) -> Session | None:
         **{f"{k}_s": round(v, 3) for k, v in timings.items()},  # type: ignore[arg-type]
     )
     return session
+
+
+def _claim_from_pool(
+    ctx: WorkerContext, session: Session, workspace: Path, snapshot: str, until: float
+) -> tuple[Session, Handle] | None:
+    """Claim a warm-pool container of this host for the session (workers.pool), or None to start cold."""
+    from workers import pool
+
+    if not pool.wanted(ctx.settings):
+        return None
+    claimed = pool.claim(ctx, session, workspace, snapshot)
+    if claimed is None:
+        return None
+    slot, secret, container_id = claimed
+    command = ClaimPool(by=ctx.by, reason=Reason.START, slot=slot, token=secret, container_id=container_id)
+    recorded = retrying(lambda: ctx.store.apply(session.id, command), until, "record the claim")
+    return recorded, Handle(id=container_id, name=container_name(ctx.settings, session.id))
 
 
 def _still_running(ctx: WorkerContext, name: str) -> bool:

@@ -12,10 +12,13 @@ Every command is an argument list (never a shell), with validated names and path
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from launcher.errors import StartFailed
@@ -26,6 +29,21 @@ from launcher.validation import safe_child, validate_user_id
 GB = 1024**3
 MEASURE_MAX_ENTRIES = 1_000_000
 MEASURE_MAX_SECONDS = 5.0
+
+
+_USER_LOCKS: dict[str, threading.Lock] = {}
+_USER_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def user_lock(user: str) -> Iterator[None]:
+    """One user's workspace mount, in this worker process: a start holds it from attaching the workspace until its
+    container (or claimed pool container) holds the workspace, and a release holds it while it checks that nothing
+    live uses the workspace and unmounts. Without it a reconcile could unmount a workspace a start just attached."""
+    with _USER_LOCKS_GUARD:
+        lock = _USER_LOCKS.setdefault(user, threading.Lock())
+    with lock:
+        yield
 
 
 def limit_bytes(settings: Settings) -> int:

@@ -40,12 +40,16 @@ def host_offer(settings: Settings, engine: EngineCapacity) -> Offer:
 
 
 def announce(ctx: WorkerContext, engine: EngineCapacity) -> bool:
-    """Register this host once; True when it is new or back after being down."""
+    """Register this host once; True when it is new or back after being down. What its warm pool holds (booting
+    or idle containers) is not offered to launches."""
+    from workers import pool
+
     offer = host_offer(ctx.settings, engine)
+    pool_cpus, pool_mem = pool.reserved(ctx)
     return ctx.store.register_host(
         ctx.settings.host_name,
-        cpus=offer.cpus,
-        mem_bytes=offer.mem_bytes,
+        cpus=max(0.0, offer.cpus - pool_cpus),
+        mem_bytes=max(0, offer.mem_bytes - pool_mem),
         engine_cpus=engine.cpus,
         engine_mem=engine.mem_bytes,
         max_sessions=ctx.settings.max_sessions_per_host,

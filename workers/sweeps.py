@@ -305,8 +305,10 @@ def reconcile(ctx: WorkerContext) -> dict[str, int]:
     host = ctx.settings.host_name
     counts = {"adopted": 0, "removed": 0, "marked": 0, "released": 0}
     containers = [
-        c for c in ctx.runtime.list_managed(ctx.settings.instance) if c.labels.get(f"{LABEL_PREFIX}.host") == host
-    ]
+        c
+        for c in ctx.runtime.list_managed(ctx.settings.instance)
+        if c.labels.get(f"{LABEL_PREFIX}.host") == host and not (c.pool_slot and not c.session_id)
+    ]  # warm-pool containers nobody claimed are the pool's (pool.reconcile below), not orphans
     for c in containers:
         session = ctx.store.get(c.session_id) if c.session_id else None
         if session is not None and session.status.live:
@@ -331,11 +333,15 @@ def reconcile(ctx: WorkerContext) -> dict[str, int]:
         if state != ContainerState.RUNNING and mark_dead(ctx, session, state) is not None:
             counts["marked"] += 1
     # Workspace images still mounted for users with nothing live here (a worker died mid-stop).
-    busy = {s.user for s in ctx.store.list_live(host)}
     for user in quota.mounted_users(ctx.settings):
-        if user not in busy:
+        with quota.user_lock(user):  # a start attaching this workspace right now holds the lock
+            if any(s.host == host for s in ctx.store.live_sessions_for(user)):
+                continue
             quota.detach(ctx.settings, user)
             counts["released"] += 1
+    from workers import pool
+
+    counts.update(pool.reconcile(ctx))
     ctx.store.recount_host(host)  # what is reserved here, recounted from what is live here
     return counts
 

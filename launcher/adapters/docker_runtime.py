@@ -93,6 +93,15 @@ class DockerRuntime:
                 container.start()
         return Handle(id=str(container.id), name=name, adopted=adopted)
 
+    def claim(self, name: str, new_name: str, cpu_shares: int) -> Handle:
+        """A warm-pool container becomes a session's: renamed (every later call finds it by the session's name) and
+        given the normal CPU weight (pool containers boot at a low one)."""
+        with _docker_errors():
+            container = self._client.containers.get(name)
+            container.rename(new_name)
+            container.update(cpu_shares=cpu_shares)
+        return Handle(id=str(container.id), name=new_name)
+
     def state(self, name: str) -> ContainerState:
         with _docker_errors():
             try:

@@ -48,6 +48,13 @@ class FakeRuntime:
             self.containers[name] = _FakeContainer(cid, name, dict(spec["labels"]), ContainerState.RUNNING)
             return Handle(id=cid, name=name)
 
+    def claim(self, name: str, new_name: str, cpu_shares: int) -> Handle:
+        with self._lock:
+            container = self.containers.pop(name)
+            container.name = new_name
+            self.containers[new_name] = container
+        return Handle(id=container.id, name=new_name)
+
     def state(self, name: str) -> ContainerState:
         container = self.containers.get(name)
         return container.state if container else ContainerState.MISSING

@@ -217,6 +217,20 @@ redis.call('HSETNX', KEYS[2], 'registered_at', ARGV[8])
 return seen or ''
 """
 
+_POOL_TAKE = """
+-- KEYS: 1 the idle set of a host and profile   ARGV: 1 prefix, 2 the claiming session ('' to take it out to destroy)
+local slot = redis.call('SPOP', KEYS[1])
+if not slot then return {} end
+local key = ARGV[1] .. 'poolslot:' .. slot
+local secret = redis.call('HGET', key, 'secret') or ''
+if ARGV[2] == '' then
+  redis.call('HSET', key, 'state', 'retiring')
+else
+  redis.call('HSET', key, 'state', 'claimed', 'session', ARGV[2])
+end
+return {slot, secret}
+"""
+
 _RECOUNT_HOST = """
 -- What is reserved on a host, recounted from its live sessions (reconcile keeps the counters true).
 -- KEYS: 1 host live set, 2 host hash   ARGV: 1 prefix
@@ -364,6 +378,7 @@ class SessionStore:
         self._admit = client.register_script(_ADMIT)
         self._register = client.register_script(_REGISTER_HOST)
         self._recount = client.register_script(_RECOUNT_HOST)
+        self._pool_take = client.register_script(_POOL_TAKE)
         self._transition = client.register_script(_TRANSITION)
         self._adopt = client.register_script(_ADOPT)
 
@@ -561,6 +576,75 @@ class SessionStore:
 
     def down_hosts(self) -> set[str]:
         return {h.name for h in self.hosts() if h.state == HostState.DOWN}
+
+    # -- the warm pool (workers/pool.py) -------------------------------------------------------
+    def pool_register(self, host: str, profile: str, slot: str, secret: str, *, snapshot: str = "") -> None:
+        """A pool container is about to boot: recorded first, so reconcile knows it for what it is."""
+        record = {
+            "host": host,
+            "profile": profile,
+            "secret": secret,
+            "state": "booting",
+            "session": "",
+            "snapshot": snapshot,
+            "since": utcnow().isoformat(),
+        }
+        with _redis_errors():
+            pipe = self._r.pipeline()
+            pipe.hset(self._k("poolslot", slot), mapping=record)
+            pipe.sadd(self._k("pool", host), slot)
+            pipe.execute()
+
+    def pool_ready(self, slot: str) -> None:
+        with _redis_errors():
+            host, profile = self._r.hmget(self._k("poolslot", slot), "host", "profile")
+            if host is None:
+                return
+            pipe = self._r.pipeline()
+            pipe.hset(self._k("poolslot", slot), "state", "idle")
+            pipe.sadd(self._k("pool", host, profile, "idle"), slot)
+            pipe.execute()
+
+    def pool_take(self, host: str, profile: str, session_id: str) -> tuple[str, str] | None:
+        """Claim an idle pool container of this host and profile for a session (atomically: never two claims of
+        one container): its slot and its Jupyter secret, or None when the pool has none."""
+        with _redis_errors():
+            got = self._pool_take(keys=[self._k("pool", host, profile, "idle")], args=[self.prefix, session_id])
+        return (got[0], got[1]) if got else None
+
+    def pool_take_idle(self, host: str, profile: str) -> str | None:
+        """Take an idle pool container out of the pool to destroy it (the pool shrinks to make room)."""
+        with _redis_errors():
+            got = self._pool_take(keys=[self._k("pool", host, profile, "idle")], args=[self.prefix, ""])
+        return got[0] if got else None
+
+    def pool_retire(self, host: str, profile: str, slot: str) -> bool:
+        """Take this idle pool container out of the pool (to destroy it); False when it is not idle any more."""
+        with _redis_errors():
+            if not self._r.srem(self._k("pool", host, profile, "idle"), slot):
+                return False
+            self._r.hset(self._k("poolslot", slot), "state", "retiring")
+        return True
+
+    def pool_forget(self, slot: str) -> None:
+        with _redis_errors():
+            host, profile = self._r.hmget(self._k("poolslot", slot), "host", "profile")
+            pipe = self._r.pipeline()
+            pipe.delete(self._k("poolslot", slot))
+            if host is not None:
+                pipe.srem(self._k("pool", host), slot)
+                pipe.srem(self._k("pool", host, profile or "", "idle"), slot)
+            pipe.execute()
+
+    def pool_slots(self, host: str) -> dict[str, dict[str, str]]:
+        """Every pool container recorded for a host: slot -> its record (state booting, idle or claimed)."""
+        with _redis_errors():
+            slots = sorted(self._r.smembers(self._k("pool", host)))
+            pipe = self._r.pipeline(transaction=False)
+            for slot in slots:
+                pipe.hgetall(self._k("poolslot", slot))
+            records = pipe.execute()
+        return {slot: rec for slot, rec in zip(slots, records, strict=True) if rec}
 
     # -- the admission queue ------------------------------------------------------------------
     def waiting(self) -> list[Session]:
