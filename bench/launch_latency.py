@@ -1,6 +1,10 @@
-"""Benchmark: click-to-ready latency, concurrent launches, stop latency, idle session memory.
+"""Benchmark: click-to-ready latency, concurrent launches, stop latency, idle session memory; cold and warm.
 
-    python bench/launch_latency.py [--launches 20] [--concurrent 5]
+    python bench/launch_latency.py [--launches 20] [--concurrent 5] [--pool 2] [--modes cold,warm]
+
+"cold" runs with no warm pool; "warm" with a pool of ``--pool`` standard containers (the product's default is 2),
+waiting before each sequential launch until the pool is full again (a person's pace), and measures the memory of
+an idle pool container too.
 
 Starts its own real stack (Redis, nginx entry point, Celery worker, notebook containers on the
 local Docker engine), measures, prints the figures and writes bench/results/launch.json.
@@ -62,7 +66,9 @@ def stop_and_time(stack, user: str, sid: str) -> float:
 
 def container_memory(stack, sid: str) -> dict[str, float]:
     """RSS and PSS (MiB) summed over the container's processes, and the cgroup's usage less cache."""
-    [container] = stack.containers(session=sid)
+    from launcher.spec import container_name
+
+    container = stack.docker.containers.get(container_name(stack.settings, sid))  # claimed pool ones too
     pids = [int(row[1]) for row in container.top(ps_args="-eo user,pid")["Processes"]]
     rss = pss = 0
     for pid in pids:
@@ -75,19 +81,61 @@ def container_memory(stack, sid: str) -> dict[str, float]:
     return {"processes": len(pids), "rss_mib": rss / 1024, "pss_mib": pss / 1024, "cgroup_mib": cgroup / 2**20}
 
 
+def pool_idle(stack) -> list[str]:
+    return [s for s, r in stack.store.pool_slots(stack.settings.host_name).items() if r.get("state") == "idle"]
+
+
+def wait_pool(stack, size: int) -> None:
+    deadline = time.monotonic() + 120
+    while len(pool_idle(stack)) < size:
+        if time.monotonic() > deadline:
+            raise SystemExit("the warm pool did not fill within 120 s")
+        time.sleep(0.05)
+
+
+def pool_memory(stack) -> dict[str, float]:
+    from workers.pool import pool_container_name
+
+    [slot, *_] = pool_idle(stack)
+    container = stack.docker.containers.get(pool_container_name(stack.settings, slot))
+    pids = [int(row[1]) for row in container.top(ps_args="-eo user,pid")["Processes"]]
+    pss = sum(
+        int(line.split()[1])
+        for pid in pids
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+        if line.startswith("Pss:")
+    )
+    return {"processes": len(pids), "pss_mib": pss / 1024}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--launches", type=int, default=20)
     ap.add_argument("--concurrent", type=int, default=5)
+    ap.add_argument("--pool", type=int, default=2)
+    ap.add_argument("--modes", default="cold,warm")
     args = ap.parse_args()
+    for mode in args.modes.split(","):
+        print(f"== {mode} ==", flush=True)
+        run(args, pool=args.pool if mode == "warm" else 0)
+
+
+def run(args: argparse.Namespace, pool: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="nbl-bench-", dir="/tmp"))
     work.chmod(0o755)
     redis_proc, redis_url = start_redis(work)
-    stack = start_stack(work / "stack", redis_url, docker_client(), mem_limit="2g", cpus=2.0)
+    sizes = {"standard": pool} if pool else {}
+    stack = start_stack(work / "stack", redis_url, docker_client(), mem_limit="2g", cpus=2.0, pool_sizes=sizes)
     results: dict[str, object] = {}
     try:
         ready, stops = [], []
+        if pool:
+            wait_pool(stack, pool)
+            time.sleep(3)
+            results["pool_container_memory"] = pool_memory(stack)
         for i in range(args.launches):
+            if pool:
+                wait_pool(stack, pool)
             latency, sid = launch_until_ready(stack, f"bench-{i}")
             ready.append(latency)
             if i == args.launches - 1:
@@ -113,6 +161,8 @@ def main() -> None:
             per_session.append(latency)
             ids[f"conc-{i}"] = sid
 
+        if pool:
+            wait_pool(stack, pool)
         for i in range(args.concurrent):
             threads.append(threading.Thread(target=one, args=(i,)))
             threads[-1].start()
@@ -146,9 +196,12 @@ def main() -> None:
         f"idle session memory: PSS {m['pss_mib']:.1f} MiB, RSS {m['rss_mib']:.1f} MiB, "
         f"cgroup {m['cgroup_mib']:.1f} MiB over {m['processes']} processes"
     )
+    if "pool_container_memory" in r:
+        pm = r["pool_container_memory"]
+        print(f"idle pool container: PSS {pm['pss_mib']:.1f} MiB over {pm['processes']} processes")
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "launch.json").write_text(json.dumps(results, indent=2))
+    (out / f"launch-{'warm' if pool else 'cold'}.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

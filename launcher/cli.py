@@ -26,9 +26,7 @@ from launcher.validation import validate_user_id
 
 def _row(s: Session) -> str:
     last = s.last_activity_at.strftime("%H:%M:%S") if s.last_activity_at else "-"
-    return (
-        f"{s.id}  {s.user:<20} {s.label:<16} {s.profile:<9} {s.status.value:<9} {s.host or '-':<10} last={last}"
-    )
+    return f"{s.id}  {s.user:<20} {s.label:<16} {s.profile:<9} {s.status.value:<9} {s.host or '-':<10} last={last}"
 
 
 def _host_row(h: HostInfo) -> str:
@@ -64,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--name", help="the session's name (default: the template's); unique among the user's")
     start.add_argument("--wait", action="store_true", help="wait until it is running (or failed), in the queue too")
     start.add_argument("--no-queue", action="store_true", help="refuse instead of waiting when no host has room")
+    start.add_argument("--snapshot", default="", help="the data snapshot to pin (default: the current one)")
     start.add_argument("--timeout", type=float, default=180.0)
     start.add_argument("--json", action="store_true")
     start.add_argument(
@@ -93,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     hosts.add_argument("action", nargs="?", choices=["list", "drain", "undrain", "forget"], default="list")
     hosts.add_argument("host", nargs="?")
     hosts.add_argument("--json", action="store_true")
+    relaunch = sub.add_parser("relaunch", help="relaunch exactly: a new session on what an earlier one ran on")
+    relaunch.add_argument("--session", required=True)
+    relaunch.add_argument("--name")
+    relaunch.add_argument("--wait", action="store_true")
+    relaunch.add_argument("--timeout", type=float, default=180.0)
+    relaunch.add_argument("--json", action="store_true")
     queue = sub.add_parser("queue", help="the admission queue, first in line first")
     queue.add_argument("--json", action="store_true")
     return p
@@ -124,7 +129,13 @@ def run(argv: Sequence[str] | None, settings: Settings) -> int:
         if not args.service_account:
             _require_known_user(settings, args.user)
         session = service.launch(
-            actor, args.template, user=args.user, profile=args.profile, name=args.name, queue=not args.no_queue
+            actor,
+            args.template,
+            user=args.user,
+            profile=args.profile,
+            name=args.name,
+            queue=not args.no_queue,
+            snapshot=args.snapshot,
         )
         if session.status == SessionStatus.WAITING and not args.json:
             place = service.store.queue_position(session)
@@ -178,6 +189,15 @@ def run(argv: Sequence[str] | None, settings: Settings) -> int:
             )
     elif args.command == "templates":
         print("\n".join(service.templates()))
+    elif args.command == "relaunch":
+        session = service.relaunch(actor, args.session, name=args.name)
+        if args.wait:
+            session = service.wait(actor, session.id, {SessionStatus.RUNNING}, args.timeout)
+        session = service.get(actor, session.id)
+        _print_session(session, args.json, with_open_url=True)
+        if session.status == SessionStatus.ERROR:
+            print(f"launcher: error: start failed: {session.error}", file=sys.stderr)
+            return 8
     elif args.command == "hosts":
         return _hosts(service, actor, args)
     elif args.command == "queue":

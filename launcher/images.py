@@ -179,6 +179,15 @@ def _docker_client() -> ImageClient:
     return client
 
 
+def referenced_by_records(settings: Any) -> set[str]:
+    """Image IDs the kept session records ran on (their ``record.image_id``, and a relaunch's pinned ``image``):
+    an image stays while a record that "relaunch exactly" may need references it."""
+    from launcher.adapters.redis_store import SessionStore
+
+    sessions = SessionStore.from_settings(settings).list_recent(limit=10_000)
+    return {i for s in sessions for i in (s.record.get("image_id", ""), s.image) if i}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from launcher.settings import Settings
 
@@ -200,12 +209,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the current image's tag, always kept (default: LAUNCHER_NOTEBOOK_IMAGE, %(default)s)",
     )
     p.add_argument("--match", default="*", help="only tags whose tag part matches this glob (default: all)")
+    p.add_argument(
+        "--no-records", action="store_true", help="do not ask Redis which images kept session records ran on"
+    )
     args = parser.parse_args(argv)
     if args.keep_days < 0:
         parser.error("--keep-days must be 0 or more")
+    keep = set(args.keep_id)
+    if not args.no_records:
+        try:
+            keep |= referenced_by_records(settings)
+        except Exception as exc:  # noqa: BLE001 - without the records nothing is removed
+            print(f"cannot read the session records ({exc!r:.200}); nothing removed (--no-records to go on)")
+            return 1
     decisions = prune_images(
         _docker_client(),
-        args.keep_id,
+        keep,
         args.keep_days,
         args.dry_run,
         current_tag=args.current,

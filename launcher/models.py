@@ -150,6 +150,9 @@ class Session(BaseModel):
     max_age_exempt: bool = False  # an admin exempted it from the maximum age
     error: str | None = None
     start_log: str | None = None  # a failed start: the last lines of its container's log, secrets scrubbed
+    # "Relaunch exactly" pins what an earlier session ran: its image (by ID) and its template's version (by hash).
+    image: str = Field("", pattern=r"^(|sha256:[0-9a-f]{64})$")
+    template_sha256: str = Field("", pattern=r"^(|[0-9a-f]{64})$")
     pool_slot: str | None = None  # the warm-pool container it claimed (workers.pool), None for a cold start
     # The data snapshot it runs on (launcher.snapshots): "" = the current one, resolved and written here at start.
     snapshot: str = Field("", pattern=r"^(|legacy|[0-9a-f]{16})$")

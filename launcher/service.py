@@ -6,13 +6,22 @@ container work to the host's worker through the dispatcher. Every method takes t
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 from pydantic import SecretStr
 
-from launcher.errors import Conflict, LauncherError, LimitReached, NotFound, PermissionDenied, RuntimeUnavailable
+from launcher.errors import (
+    Conflict,
+    InvalidRequest,
+    LauncherError,
+    LimitReached,
+    NotFound,
+    PermissionDenied,
+    RuntimeUnavailable,
+)
 from launcher.flows import admit_waiting, dispatch_starts, fail, request_stop
 from launcher.models import (
     TERMINAL_STATUSES,
@@ -130,6 +139,8 @@ class LauncherService:
         profile: str | None = None,
         name: str | None = None,
         queue: bool = True,
+        snapshot: str = "",
+        pinned: dict[str, str] | None = None,
     ) -> Session:
         """Record a launch for ``user`` (default: the actor) and, once admitted, enqueue its start.
 
@@ -145,6 +156,10 @@ class LauncherService:
         spec = self.settings.profile(chosen)
         if actor.role.value not in spec.roles:
             raise PermissionDenied(f"the {chosen!r} profile is for {' and '.join(spec.roles)} roles only")
+        if not re.fullmatch(r"|legacy|[0-9a-f]{16}", snapshot):
+            raise InvalidRequest(
+                f"invalid data snapshot {snapshot[:20]!r}: use an id from 'python -m launcher.snapshots list'"
+            )
         label = validate_session_name(name if name else template.replace("_", "-"))
         self._check_quota(owner)
         session = Session(
@@ -157,6 +172,8 @@ class LauncherService:
             mem_bytes=spec.mem_bytes,
             pids_limit=spec.pids_limit,
             token=new_token(),
+            snapshot=snapshot,
+            **(pinned or {}),
         )
         session, admitted = self.store.launch(session, actor=str(self._by(actor, owner)), queue=queue)
         others = [s for s in admitted if s.id != session.id]
@@ -169,6 +186,33 @@ class LauncherService:
                 fail(self.store, None, session.id, By(ActorKind.LAUNCHER), Reason.DISPATCH_FAILED, exc.user_message)
                 raise
         return self._visible(actor, session)
+
+    def relaunch(self, actor: Actor, session_id: str, *, name: str | None = None, queue: bool = True) -> Session:
+        """ "Relaunch exactly": a new session with what an earlier one ran on, from its record: the same image (by ID),
+        data snapshot, template version (by hash) and profile. The template version is copied into the workspace
+        beside the user's own copy (``<template>@<hash>.ipynb``)."""
+        old = self.store.get(session_id)
+        if old is None or not may_act_on(actor, old.user):
+            raise NotFound(f"no session {session_id!r} to relaunch")
+        record = old.record
+        image, template_sha, snapshot = record.get("image_id", ""), record.get("template_sha256", ""), old.snapshot
+        if not image.startswith("sha256:") or not template_sha or not snapshot:
+            raise InvalidRequest(f"session {session_id} has no complete record (it never started): launch it again")
+        label = name or (old.label if not old.status.live else f"{old.label}-again")
+        launched = self.launch(
+            actor,
+            old.template,
+            user=old.user,
+            profile=old.profile,
+            name=label[:40],
+            queue=queue,
+            snapshot=snapshot,
+            pinned={"image": image, "template_sha256": template_sha},
+        )
+        self.store.record_event(
+            "relaunch", user=old.user, actor=str(self._by(actor, old.user)), detail=f"{launched.id} from {old.id}"
+        )
+        return launched
 
     def admit(self) -> list[Session]:
         """Admit waiting launches while hosts have room (any process may; a worker does after each stop)."""
@@ -254,7 +298,6 @@ class LauncherService:
         session = self.store.apply(session.id, KeepAlive(by=By(ActorKind.USER, actor.name), reason=Reason.KEEPALIVE))
         return self._visible(actor, session)
 
-
     def my_sessions(self, actor: Actor, user: str | None = None) -> list[SessionView]:
         """The user's live sessions (oldest first) as they see them, each with its queue place when waiting."""
         owner = validate_user_id(actor.name if user is None else user)
@@ -262,8 +305,14 @@ class LauncherService:
             raise PermissionDenied(f"{actor.name} may not see {owner}'s sessions")
         now, usage, down = utcnow(), self.store.usage(owner), self._down_hosts()
         return [
-            session_view(s, self.settings, now, queue_position=self.store.queue_position(s), usage=usage,
-                         host_down=s.host in down)
+            session_view(
+                s,
+                self.settings,
+                now,
+                queue_position=self.store.queue_position(s),
+                usage=usage,
+                host_down=s.host in down,
+            )
             for s in self.store.live_sessions_for(owner)
         ]
 

@@ -142,6 +142,8 @@ class Settings(BaseSettings):
     data_dir: Path = REPO_ROOT / "var" / "data"  # the data root: snapshots/<id>/, current (launcher.snapshots)
     snapshot_keep_recent: int = Field(3, ge=0)  # python -m launcher.snapshots prune keeps this many newest
     templates_dir: Path = REPO_ROOT / "notebooks" / "templates"
+    # Every template version a session started from, by content hash (for "relaunch exactly").
+    template_store_dir: Path = REPO_ROOT / "var" / "template-store"
     library_dir: Path = REPO_ROOT / "notebooks" / "lib"
     workspaces_dir: Path = REPO_ROOT / "var" / "workspaces"
     sessions_dir: Path = REPO_ROOT / "var" / "sessions"
@@ -171,7 +173,9 @@ class Settings(BaseSettings):
 
     # Timings.
     start_timeout_s: float = Field(120.0, gt=0)
-    stop_timeout_s: int = Field(10, ge=0)
+    # Seconds a notebook gets to exit after SIGTERM before SIGKILL. 0 (the default): killed at once; Jupyter saves
+    # nothing on the way out (notebooks are saved by the browser), so waiting only delays the stop.
+    stop_timeout_s: int = Field(0, ge=0)
     idle_timeout_s: float = Field(4 * 3600.0, gt=0)
     max_age_s: float | None = None
     # Every non-terminal state has a deadline (launcher.policy.deadline_due, swept by Beat).

@@ -75,7 +75,7 @@ def build_container_spec(
     """
     mem = session.mem_bytes
     return {
-        "image": settings.notebook_image,
+        "image": session.image or settings.notebook_image,
         "name": container_name(settings, session.id),
         "command": jupyter_command(),
         "labels": labels_for(settings, session),

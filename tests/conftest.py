@@ -69,6 +69,7 @@ def unit_settings(tmp_path: Path) -> Settings:
         workspace_quota_enforce="measure",
         pool_sizes={},
         pool_slots_dir=tmp_path / "pool-slots",
+        template_store_dir=tmp_path / "template-store",
         cookie_secret=secrets.token_urlsafe(32),
         flower_password=secrets.token_urlsafe(16),
     )

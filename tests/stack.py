@@ -299,6 +299,7 @@ def start_stack(
         "host_cpu_overcommit": 16.0,  # tests run more 1-CPU sessions at once than this machine has cores
         "pool_sizes": {},  # no warm pool unless a test asks for one (tests/test_pool.py)
         "pool_slots_dir": base / "pool-slots",
+        "template_store_dir": base / "template-store",
         "start_timeout_s": 90,
         "stop_timeout_s": 2,
         "broker_visibility_timeout_s": 30,

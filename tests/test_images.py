@@ -100,7 +100,7 @@ def test_prune_script_removes_an_old_unreferenced_tag_and_dry_run_keeps_it():
 
     def prune(*args: str) -> subprocess.CompletedProcess[str]:
         # --match: only this test's tag is ever considered, whatever else is on the engine
-        cmd = [str(REPO_ROOT / "scripts" / "prune-images.sh"), "--keep-days", "0", "--match", tag, *args]
+        cmd = [str(REPO_ROOT / "scripts" / "prune-images.sh"), "--keep-days", "0", "--match", tag, "--no-records", *args]
         return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
 
     try:

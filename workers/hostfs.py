@@ -68,6 +68,51 @@ def copy_template(settings: Settings, template: str, workspace: Path) -> Path:
     return dest
 
 
+TEMPLATE_MAX_BYTES = 64 * 2**20
+
+
+def keep_template(settings: Settings, template: str, sha256: str) -> None:
+    """Keep this version of a template in the template store (``<sha256>.ipynb``, read-only) if it is not there:
+    a later "relaunch exactly" copies this version, whatever the templates folder holds by then."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise StartFailed("the notebook could not be prepared", f"invalid template hash {sha256[:16]!r}")
+    store = settings.template_store_dir
+    store.mkdir(parents=True, exist_ok=True, mode=0o755)
+    dest = store / f"{sha256}.ipynb"
+    if dest.exists():
+        return
+    tmp = store / f".{sha256}.tmp"
+    shutil.copyfile(resolve_template(settings.templates_dir, template), tmp, follow_symlinks=False)
+    tmp.chmod(0o444)
+    os.replace(tmp, dest)
+
+
+def copy_pinned_template(settings: Settings, template: str, sha256: str, workspace: Path) -> Path:
+    """Copy a kept template version into the workspace as ``<template>@<first 12 hex>.ipynb`` (the user's own
+    ``<template>.ipynb`` stays as it is); refused clearly when that version is no longer kept."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise StartFailed("the notebook could not be prepared", f"invalid template hash {sha256[:16]!r}")
+    src = settings.template_store_dir / f"{sha256}.ipynb"
+    if src.is_symlink() or not src.is_file():
+        raise StartFailed(
+            f"the template version this relaunch asks for ({template} {sha256[:12]}) is no longer kept",
+            f"{src} missing",
+        )
+    dest = workspace / f"{template}@{sha256[:12]}.ipynb"
+    try:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        return dest
+    try:
+        _chown(fd, settings.notebook_uid, settings.notebook_gid)
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, length=TEMPLATE_MAX_BYTES)
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return dest
+
+
 RECORD_DIR = ".launcher"  # in the workspace: ~/work/.launcher/<session id>.json
 RECORD_MAX_BYTES = 64 * 1024
 

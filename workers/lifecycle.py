@@ -193,7 +193,12 @@ def _start(ctx: WorkerContext, session_id: str) -> Session | None:
             if quota.filesystem_mode(ctx.settings):
                 quota.attach(ctx.settings, session.user, workspace)
             ctx.store.set_usage(session.user, quota.measure(ctx.settings, workspace))
-            hostfs.copy_template(ctx.settings, session.template, workspace)
+            if session.template_sha256:  # "relaunch exactly": that version, beside the user's own copy
+                hostfs.copy_pinned_template(ctx.settings, session.template, session.template_sha256, workspace)
+            else:
+                hostfs.copy_template(ctx.settings, session.template, workspace)
+                kept = provenance.template_sha(ctx.settings, session.template)
+                hostfs.keep_template(ctx.settings, session.template, kept)
             claimed = _claim_from_pool(ctx, session, workspace, snapshot, until)
             if claimed is not None:  # a warm pool container is now this session's: its Jupyter answers already
                 session, handle = claimed

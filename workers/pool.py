@@ -189,8 +189,8 @@ def claim(ctx: WorkerContext, session: Session, workspace: Path, snapshot: str) 
     container and returns None.
     """
     settings = ctx.settings
-    if session.profile not in wanted(settings):
-        return None
+    if session.profile not in wanted(settings) or session.image or session.template_sha256:
+        return None  # pool containers run the current image; a relaunch pinned to an older one starts cold
     taken = ctx.store.pool_take(settings.host_name, session.profile, session.id)
     if taken is None:
         return None
@@ -251,6 +251,8 @@ def tend(ctx: WorkerContext, on_room: Callable[[], None]) -> str:
         if stale and ctx.store.pool_retire(host, record.get("profile", ""), slot):
             destroy(ctx, slot)
             return f"retired {slot} (data moved on)"
+    if any(s.status.value == "starting" and not s.pool_slot for s in ctx.store.list_live(host)):
+        return "cold start in progress"  # a cold start gets the CPU: the pool refills after it
     for profile, size in sizes.items():
         have = sum(1 for r in slots.values() if r.get("profile") == profile and r.get("state") in ("booting", "idle"))
         if have >= size:

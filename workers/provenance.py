@@ -1,18 +1,14 @@
 """The worker's side of the record (launcher.provenance): the facts only this host can see.
 
-The image is the one the session's container runs (``docker inspect`` of the container, then of its image):
-its ID and the labels the build put on it (``nbl.lock_sha256``, ``nbl.inputs_sha256``). The Runtime port has
-no image inspection, so this asks a ``DockerRuntime``'s client directly; any other runtime (the in-memory one
-of the unit tests) reports the image by its reference only.
+The image is the one the session's container runs (``Runtime.image_of``: its ID and the labels the build put on
+it, ``nbl.lock_sha256`` and ``nbl.inputs_sha256``); the in-memory runtime of the unit tests reports none.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
 
-from launcher.adapters.docker_runtime import DockerRuntime, _docker_errors
 from launcher.models import Session
 from launcher.ports import Runtime
 from launcher.provenance import RECORD_FIELDS, build_record, library_version, sha256_file
@@ -22,13 +18,11 @@ from launcher.validation import resolve_template
 
 def image_of(runtime: Runtime, container: str) -> tuple[str, dict[str, str]]:
     """(image ID, image labels) of what ``container`` runs; ("", {}) when the runtime cannot say."""
-    if not isinstance(runtime, DockerRuntime):
-        return "", {}
-    with _docker_errors():
-        client: Any = runtime._client  # noqa: SLF001 - see the module's docstring
-        image_id = str(client.containers.get(container).attrs.get("Image", ""))
-        labels = client.images.get(image_id).labels or {} if image_id else {}
-    return image_id, {str(k): str(v) for k, v in labels.items()}
+    return runtime.image_of(container)
+
+
+def template_sha(settings: Settings, template: str) -> str:
+    return sha256_file(resolve_template(settings.templates_dir, template))
 
 
 def record_for(
@@ -38,11 +32,11 @@ def record_for(
     image_id, labels = image_of(runtime, container)
     return build_record(
         session,
-        image=settings.notebook_image,
+        image=session.image or settings.notebook_image,
         image_id=image_id,
         image_labels=labels,
         snapshot=snapshot,
-        template_sha256=sha256_file(resolve_template(settings.templates_dir, session.template)),
+        template_sha256=session.template_sha256 or template_sha(settings, session.template),
         library=library_version(settings.library_dir),
         recorded_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )

@@ -102,6 +102,13 @@ class DockerRuntime:
             container.update(cpu_shares=cpu_shares)
         return Handle(id=str(container.id), name=new_name)
 
+    def image_of(self, name: str) -> tuple[str, dict[str, str]]:
+        """(image ID, image labels) of what the container runs."""
+        with _docker_errors():
+            image_id = str(self._client.containers.get(name).attrs.get("Image", ""))
+            labels = (self._client.images.get(image_id).labels or {}) if image_id else {}
+        return image_id, {str(k): str(v) for k, v in labels.items()}
+
     def state(self, name: str) -> ContainerState:
         with _docker_errors():
             try:

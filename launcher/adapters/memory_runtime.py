@@ -55,6 +55,9 @@ class FakeRuntime:
             self.containers[new_name] = container
         return Handle(id=container.id, name=new_name)
 
+    def image_of(self, name: str) -> tuple[str, dict[str, str]]:
+        return "", {}
+
     def state(self, name: str) -> ContainerState:
         container = self.containers.get(name)
         return container.state if container else ContainerState.MISSING
