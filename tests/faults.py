@@ -357,8 +357,9 @@ def readable(text: str | None) -> bool:
 
 
 def trail(store, session_id: str) -> list[tuple[str, str, str, str]]:  # noqa: ANN001 - a SessionStore
-    """The session's audit entries, oldest first: (action, previous, actor, reason)."""
-    events = [e for e in store.audit(limit=2000) if e.session_id == session_id]
+    """The session's audit entries, oldest first: (action, previous, actor, reason). The provenance record's entry
+    (what the session runs on, written while it starts) is left out: these trails tell the state changes."""
+    events = [e for e in store.audit(limit=2000) if e.session_id == session_id and e.action != "provenance"]
     return [(e.action, e.previous, e.actor, e.reason) for e in reversed(events)]
 
 

@@ -346,7 +346,7 @@ def test_docker_unreachable_during_start_stop_heartbeat_and_reconcile(fx: Faults
     assert story(fx, keeper) == "waiting queued starting running"
     stop_trail = trail(st.store, stopper.id)
     assert [a for a, *_ in stop_trail] == ["waiting", "queued", "starting", "running", "stopping", "stopped"], stop_trail
-    assert stop_trail[3][2:] == ("user:dk-stop", "user") and stop_trail[4][3] == "user", stop_trail
+    assert stop_trail[4][2:] == ("user:dk-stop", "user") and stop_trail[5][3] == "user", stop_trail
     die_trail = trail(st.store, dying.id)
     assert [a for a, *_ in die_trail] == ["waiting", "queued", "starting", "running", "error"]
     assert die_trail[-1][3] == "died"
@@ -613,7 +613,7 @@ def test_frozen_jupyter_server_with_a_busy_kernel_is_reaped_when_idle(fxb: Fault
         cell.join(30)
     trail_ = trail(st.store, frozen.id)
     assert [a for a, *_ in trail_] == ["waiting", "queued", "starting", "running", "stopping", "stopped"], trail_
-    assert trail_[3][2:] == ("reaper", "idle") and trail_[4][3] == "idle", trail_
+    assert trail_[4][2:] == ("reaper", "idle") and trail_[5][3] == "idle", trail_
     record("Jupyter server frozen with a busy kernel", f"no busy kernel recorded {unbusy_s:.1f} s after the freeze; "
            f"reaped (stopped, idle) {reaped_s:.1f} s after it (idle timeout {IDLE_B:.0f} s)")
     finish(fxb, busy)

@@ -211,6 +211,15 @@ def _start(ctx: WorkerContext, session_id: str) -> Session | None:
                 timings["container"] = time.monotonic() - t0 - timings["prepare"]
             phase = SetPhase(by=ctx.by, reason=Reason.START, phase="waiting for Jupyter", container_id=handle.id)
             retrying(lambda: ctx.store.apply(session_id, phase), until, "record the phase")  # Redis may be restarting
+        if claimed is None:
+            timings["jupyter"] = wait_ready(
+                hostfs.socket_path(ctx.settings, session_id),
+                session.token.get_secret_value(),
+                timeout=min(ctx.settings.start_timeout_s, max(1.0, until - time.monotonic())),
+                still_alive=lambda: _still_running(ctx, handle.name),
+            )
+            hostfs.lock_socket(ctx.settings, session_id)
+            hostfs.retire_secret(ctx.settings, session_id)
         # The record: on the session and in the audit (one command), then in the workspace (best effort).
         started: Session = session
         record = retrying(
@@ -224,15 +233,6 @@ def _start(ctx: WorkerContext, session_id: str) -> Session | None:
             hostfs.write_record(ctx.settings, workspace, session_id, provenance.record_json(record))
         except (OSError, LauncherError) as exc:  # e.g. the user made ~/work/.launcher a symlink: not followed
             event(log, "session.record_not_written", level=logging.WARNING, **fields, error=str(exc)[:200])
-        if claimed is None:
-            timings["jupyter"] = wait_ready(
-                hostfs.socket_path(ctx.settings, session_id),
-                session.token.get_secret_value(),
-                timeout=min(ctx.settings.start_timeout_s, max(1.0, until - time.monotonic())),
-                still_alive=lambda: _still_running(ctx, handle.name),
-            )
-            hostfs.lock_socket(ctx.settings, session_id)
-            hostfs.retire_secret(ctx.settings, session_id)
         ready = MarkRunning(by=ctx.by, reason=Reason.READY, url=ctx.settings.session_origin(session_id))
         session = retrying(lambda: ctx.store.apply(session_id, ready), until, "record running")
     except Conflict:
