@@ -77,7 +77,11 @@ def _announce(sender: object = None, **_: object) -> None:
     beacon = Beacon(ctx, on_return)
     beacon.start()
     _BEACON.append(beacon)
-    if pool.wanted(ctx.settings):  # the warm pool, kept by its own thread (workers/pool.py)
+    try:  # the warm pool (workers/pool.py): kept while configured, or while one from before a restart remains
+        keep_pool = bool(pool.wanted(ctx.settings) or ctx.store.pool_slots(ctx.settings.host_name))
+    except LauncherError:
+        keep_pool = bool(pool.wanted(ctx.settings))
+    if keep_pool:
 
         def on_room() -> None:
             beacon.beat()  # announce the room the pool gave back, then let the queue use it

@@ -245,6 +245,14 @@ def tend(ctx: WorkerContext, on_room: Callable[[], None]) -> str:
                 on_room()
                 return f"shrunk {profile}"
         return "queue waiting"
+    for slot, record in slots.items():  # more idle containers than the size now configured (a restart changed it)
+        profile = record.get("profile", "")
+        idle = [s for s, r in slots.items() if r.get("profile") == profile and r.get("state") == "idle"]
+        if record.get("state") == "idle" and len(idle) > sizes.get(profile, 0) and ctx.store.pool_retire(
+            host, profile, slot
+        ):
+            destroy(ctx, slot)
+            return f"retired {slot} (pool smaller now)"
     current, _ = _data(ctx)
     for slot, record in slots.items():  # idle containers booted on data that is no longer current
         stale = record.get("state") == "idle" and record.get("snapshot", "") != current
