@@ -4,7 +4,7 @@
 #   scripts/stop.sh [--sessions] [--keep-redis]
 #
 # Notebook containers keep running unless --sessions is given (then every live session of the installation is
-# stopped first). Redis, which every Docker host of the installation shares, is stopped only when no other host
+# stopped first, and this host's warm pool is removed once its worker has stopped). Redis, which every Docker host of the installation shares, is stopped only when no other host
 # is up (announced itself in the last LAUNCHER_HOST_DOWN_AFTER_S); --keep-redis keeps it in any case (a restart).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,18 @@ PY
   fi
 fi
 for name in console flower beat worker entrypoint redis; do
+  if [[ $name == redis ]] && ((sessions)); then
+    # The worker is stopped: its warm pool (idle notebooks, kept across restarts) goes too.
+    PYTHONPATH=$PWD timeout 60 python3 - <<'PY' || true
+from launcher.bootstrap import build_worker_context
+from launcher.settings import Settings
+from workers import pool
+
+ctx = build_worker_context(Settings())
+for slot in ctx.store.pool_slots(ctx.settings.host_name):
+    pool.destroy(ctx, slot)
+PY
+  fi
   [[ $name == redis ]] && ((keep_redis)) && continue
   pidfile=var/run/$name.pid
   [[ -f $pidfile ]] || continue
