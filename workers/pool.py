@@ -208,7 +208,7 @@ def claim(ctx: WorkerContext, session: Session, workspace: Path, snapshot: str) 
         )
     except Exception as exc:  # noqa: BLE001 - the start goes on cold; nothing of the pool container is kept
         event(log, "pool.claim_failed", level=logging.WARNING, slot=slot, session_id=session.id, error=repr(exc)[:300])
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, LauncherError):  # back under the slot's name, for destroy to remove
             hostfs.rename_rundir(settings, session.id, slot)
         destroy(ctx, slot, session_id=session.id)
         return None
