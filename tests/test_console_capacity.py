@@ -25,6 +25,7 @@ from tests.helpers import RecordingDispatcher, bring_to, free_port, new_context,
 from tests.stack import random_instance
 from tests.test_console import _console_factory, launch_keys, texts
 from tests.test_login import asgi_module
+from tests.web import reach_login
 
 PROFILES = {
     "standard": Profile(cpus=2.0, mem_limit="4g", description="2 CPUs, 4 GB"),
@@ -405,9 +406,7 @@ def test_waiting_launch_and_admin_capacity_in_a_browser(browser, redis_url, tmp_
     assert scraped.status_code == 200 and 'nbl_host_up{host="gpu-a"} 1' in scraped.text
 
     def login(page, user: str, password: str) -> None:
-        page.goto(url)
-        settle(page)
-        page.get_by_role("link", name="Log in").click(timeout=90_000)
+        reach_login(page, url, settle, ARTIFACTS / f"login-first-try-{user}.png")
         page.wait_for_url(re.compile(r".*/login(\?.*)?$"))
         page.fill("#username", user)
         page.fill("#password", password)

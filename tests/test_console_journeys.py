@@ -21,6 +21,7 @@ from launcher.models import Actor, Role, SessionStatus
 from launcher.settings import REPO_ROOT
 from tests.helpers import LOOPBACK, new_context, wait_for
 from tests.stack import random_instance, start_console, start_worker
+from tests.web import reach_login
 from ui.auth import UserStore
 
 pytestmark = pytest.mark.docker
@@ -45,9 +46,7 @@ def shot(page, name: str) -> None:
 
 
 def login(page, url: str, user: str, password: str, first_shot: str | None = None) -> None:
-    page.goto(url)
-    settle(page)
-    page.get_by_role("link", name="Log in").click(timeout=90_000)  # a first page can be slow on a loaded machine
+    reach_login(page, url, settle, ARTIFACTS / f"login-first-try-{user}.png")
     page.wait_for_url(re.compile(r".*/login(\?.*)?$"))
     page.fill("#username", user)
     page.fill("#password", password)

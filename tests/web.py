@@ -8,6 +8,7 @@ point's cookies are ``__Host-`` and ``Secure``, which Python's cookie jar would 
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -114,3 +115,26 @@ def opened(stack: Any, session_id: str, user: str, role: Role = Role.RESEARCHER)
     client = OriginClient(stack.settings, session_id)
     client.open(stack.store.redis, login, Actor(name=user, role=role))
     return client
+
+
+def reach_login(page: Any, url: str, settle: Any, artifact: Path | None = None) -> None:
+    """Load the console's first page and click its Log in link.
+
+    On this loaded 2-core machine a first Streamlit render now and then never arrives (the page keeps no script
+    run; seen twice in full runs, never alone). The page is loaded once more after 45 s, as a person would: a page
+    that is really broken fails both times, and the first failure's screenshot is kept.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in (1, 2):
+        page.goto(url)
+        try:
+            settle(page)
+            page.get_by_role("link", name="Log in").click(timeout=45_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
+            if artifact is not None:
+                artifact.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=artifact, full_page=True)
