@@ -194,6 +194,7 @@ def test_failed_start_explains_itself(clean_stack, browser, tmp_path):
         page.wait_for_selector(".st-key-launch-alpha_research button", timeout=30_000)
         page.click(".st-key-launch-alpha_research button")
         page.get_by_text("notebook did not start").wait_for(timeout=90_000)
+        page.get_by_text("last lines it printed").first.wait_for(timeout=30_000)  # the panel, not a passing render
         shot(page, "f01-failed-start")
         store = SessionStore.from_settings(settings)
         failed = store.latest_session_for("jf-fay")
