@@ -140,13 +140,7 @@ def run(argv: Sequence[str] | None, settings: Settings) -> int:
         if session.status == SessionStatus.WAITING and not args.json:
             place = service.store.queue_position(session)
             print(f"waiting for room: number {place} in the queue", file=sys.stderr)
-        if args.wait:
-            session = service.wait(actor, session.id, {SessionStatus.RUNNING}, args.timeout)
-        session = service.get(actor, session.id)
-        _print_session(session, args.json, with_open_url=True)
-        if session.status == SessionStatus.ERROR:
-            print(f"launcher: error: start failed: {session.error}", file=sys.stderr)
-            return 8
+        return _started(service, actor, session, args)
     elif args.command == "stop":
         session = service.stop(actor, args.user, session_id=args.session)
         if args.wait:
@@ -191,13 +185,7 @@ def run(argv: Sequence[str] | None, settings: Settings) -> int:
         print("\n".join(service.templates()))
     elif args.command == "relaunch":
         session = service.relaunch(actor, args.session, name=args.name)
-        if args.wait:
-            session = service.wait(actor, session.id, {SessionStatus.RUNNING}, args.timeout)
-        session = service.get(actor, session.id)
-        _print_session(session, args.json, with_open_url=True)
-        if session.status == SessionStatus.ERROR:
-            print(f"launcher: error: start failed: {session.error}", file=sys.stderr)
-            return 8
+        return _started(service, actor, session, args)
     elif args.command == "hosts":
         return _hosts(service, actor, args)
     elif args.command == "queue":
@@ -210,6 +198,18 @@ def run(argv: Sequence[str] | None, settings: Settings) -> int:
             stats = service.queue_stats(actor)
             p50 = stats["recent_wait_p50_s"]
             print(f"{int(stats['depth'])} waiting; recent admissions waited {p50:.1f} s (median)")
+    return 0
+
+
+def _started(service: LauncherService, actor: Actor, session: Session, args: argparse.Namespace) -> int:
+    """After start or relaunch: wait if asked, print the session with its Open link; 8 when the start failed."""
+    if args.wait:
+        session = service.wait(actor, session.id, {SessionStatus.RUNNING}, args.timeout)
+    session = service.get(actor, session.id)
+    _print_session(session, args.json, with_open_url=True)
+    if session.status == SessionStatus.ERROR:
+        print(f"launcher: error: start failed: {session.error}", file=sys.stderr)
+        return 8
     return 0
 
 

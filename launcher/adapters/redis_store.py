@@ -358,6 +358,12 @@ def _redis_errors() -> Iterator[None]:
 _DATETIME = TypeAdapter(datetime)
 
 
+def _admitted_ids(raw: str) -> list[str]:
+    """The admission step's list of session ids (cjson encodes an empty list as ``{}``)."""
+    ids: list[str] = json.loads(raw) if raw != "{}" else []
+    return ids
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):  # the same text form the model stores, so Lua can compare them
         return _DATETIME.dump_python(value.astimezone(UTC), mode="json")
@@ -454,7 +460,7 @@ class SessionStore:
             }[detail]
             raise LimitReached(f"{why}; try again when a session stops (or launch with the queue)")
         recorded = Session.from_storage(detail)
-        ids = json.loads(admitted) if admitted != "{}" else []  # cjson encodes an empty table as {}
+        ids = _admitted_ids(admitted)
         return recorded, [x for x in self._many(ids) if x.status == SessionStatus.QUEUED]
 
     def reserve(self, session: Session, *, actor: str) -> Session:
@@ -477,7 +483,7 @@ class SessionStore:
         ]
         with _redis_errors():
             raw = self._admit(keys=[], args=args)
-        ids = json.loads(raw) if raw != "{}" else []
+        ids = _admitted_ids(raw)
         return [x for x in self._many(ids) if x.status == SessionStatus.QUEUED]
 
     # -- hosts --------------------------------------------------------------------------------
