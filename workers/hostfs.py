@@ -53,7 +53,11 @@ def prepare_workspace(settings: Settings, user: str) -> Path:
 def copy_template(settings: Settings, template: str, workspace: Path) -> Path:
     """Copy the template into the workspace unless the user already has a copy (theirs wins)."""
     src = resolve_template(settings.templates_dir, template)
-    dest = workspace / src.name
+    return _copy_new(settings, src, workspace / src.name)
+
+
+def _copy_new(settings: Settings, src: Path, dest: Path) -> Path:
+    """Copy ``src`` to ``dest`` owned by the notebook uid, unless ``dest`` exists (never through a symlink)."""
     try:
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     except FileExistsError:
@@ -66,9 +70,6 @@ def copy_template(settings: Settings, template: str, workspace: Path) -> Path:
         dest.unlink(missing_ok=True)
         raise
     return dest
-
-
-TEMPLATE_MAX_BYTES = 64 * 2**20
 
 
 def keep_template(settings: Settings, template: str, sha256: str) -> None:
@@ -98,19 +99,7 @@ def copy_pinned_template(settings: Settings, template: str, sha256: str, workspa
             f"the template version this relaunch asks for ({template} {sha256[:12]}) is no longer kept",
             f"{src} missing",
         )
-    dest = workspace / f"{template}@{sha256[:12]}.ipynb"
-    try:
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    except FileExistsError:
-        return dest
-    try:
-        _chown(fd, settings.notebook_uid, settings.notebook_gid)
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, length=TEMPLATE_MAX_BYTES)
-    except BaseException:
-        dest.unlink(missing_ok=True)
-        raise
-    return dest
+    return _copy_new(settings, src, workspace / f"{template}@{sha256[:12]}.ipynb")
 
 
 RECORD_DIR = ".launcher"  # in the workspace: ~/work/.launcher/<session id>.json
