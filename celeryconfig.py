@@ -65,6 +65,16 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         },
     }
     for name, interval in (
+        ("run_due_reports", settings.report_schedule_tick_s),
+        ("sweep_reports", settings.deadline_sweep_interval_s),
+        ("check_reproducibility", settings.repro_check_interval_s),
+    ):  # report runs (workers/reports.py): the schedules, their deadlines, the reproducibility check
+        schedule[name.replace("_", "-")] = {
+            "task": f"workers.tasks.{name}",
+            "schedule": interval,
+            "options": {"queue": settings.control_queue, "expires": interval},
+        }
+    for name, interval in (
         ("heartbeat", settings.heartbeat_interval_s),
         ("reconcile", settings.reconcile_interval_s),
         ("measure_workspaces", settings.workspace_measure_interval_s),

@@ -1,4 +1,4 @@
-"""Operator CLI: ``launcher start|stop|status|stop-all|audit|templates|hosts|queue``.
+"""Operator CLI: ``launcher start|stop|status|stop-all|audit|templates|hosts|queue|relaunch|report|reproduce``.
 
 Acts with operator (admin) authority. Exit 0 on success; otherwise a one-line reason on stderr and
 the exit code of the error class (see ``launcher.errors``). ``status`` never prints a token;
@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from launcher import report_cli
 from launcher.bootstrap import build_service
 from launcher.errors import InvalidRequest, LauncherError
 from launcher.models import TERMINAL_STATUSES, Actor, HostInfo, HostState, Session, SessionStatus
@@ -100,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     relaunch.add_argument("--json", action="store_true")
     queue = sub.add_parser("queue", help="the admission queue, first in line first")
     queue.add_argument("--json", action="store_true")
+    report_cli.add_parsers(sub)
     return p
 
 
@@ -123,8 +125,12 @@ def _require_known_user(settings: Settings, user: str) -> None:
 
 def run(argv: Sequence[str] | None, settings: Settings) -> int:
     args = _parser().parse_args(argv)
-    service = build_service(settings)
     actor = Actor.operator(f"operator:{getpass.getuser()}")
+    if args.command in ("report", "reproduce"):
+        if getattr(args, "report_command", "") in ("run", "schedule"):
+            _require_known_user(settings, args.user)
+        return report_cli.run(args, settings, actor)
+    service = build_service(settings)
     if args.command == "start":
         if not args.service_account:
             _require_known_user(settings, args.user)

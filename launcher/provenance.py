@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-
-from launcher.models import Session
+from typing import Protocol
 
 RECORD_VERSION = "1"
 LOCK_LABEL = "nbl.lock_sha256"
@@ -76,8 +75,27 @@ def library_version(library_dir: Path) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
+class Recorded(Protocol):
+    """What a record reads from what it describes: a session, or a report run (``launcher.reports``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def template(self) -> str: ...
+    @property
+    def profile(self) -> str: ...
+    @property
+    def cpus(self) -> float: ...
+    @property
+    def mem_bytes(self) -> int: ...
+    @property
+    def pids_limit(self) -> int: ...
+
+
 def build_record(
-    session: Session,
+    session: Recorded,
     *,
     image: str,
     image_id: str,

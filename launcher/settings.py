@@ -148,6 +148,17 @@ class Settings(BaseSettings):
     workspaces_dir: Path = REPO_ROOT / "var" / "workspaces"
     sessions_dir: Path = REPO_ROOT / "var" / "sessions"
     tmp_size: str = Field("1g", pattern=r"^[0-9]+[kmg]?$")
+    # Report runs (launcher/reports.py, workers/reports.py): a template run unattended with parameters.
+    reports_dir: Path = REPO_ROOT / "var" / "reports"  # <user>/<run>/: the executed notebook, HTML, results.json
+    report_timeout_s: float = Field(1800.0, gt=0)  # a run still going after this is stopped and failed
+    report_concurrency: int = Field(1, ge=1, le=32)  # report containers at once on one host
+    report_queue_deadline_s: float = Field(3600.0, gt=0)  # a run not started within this fails
+    report_output_max: str = Field("512m", pattern=_SIZE)  # a run's folder larger than this is stopped
+    report_schedule_min_s: float = Field(3600.0, gt=0)  # the shortest schedule interval a user may ask for
+    report_schedule_tick_s: float = Field(30.0, gt=0)  # how often Beat starts the runs that are due
+    report_keep_per_user: int = Field(200, ge=1)  # run records kept per user (older ones are pruned)
+    repro_check_interval_s: float = Field(24 * 3600.0, gt=0)  # how often past runs are re-run and compared
+    repro_check_sample: int = Field(2, ge=0)  # how many past runs each check re-runs (0: none)
     # Workspace quotas (workers/quota.py): 0 switches them off.
     workspace_quota_gb: float = Field(20.0, ge=0)
     workspace_quota_enforce: Literal["auto", "filesystem", "measure"] = "auto"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.models import Session
+from launcher.reports import ReportRun
 from launcher.settings import Settings
 
 LABEL_PREFIX = "io.nblauncher"
@@ -118,4 +119,81 @@ def build_container_spec(
         "init": False,  # tini is the image's entrypoint
         "restart_policy": {"Name": "no"},
         "stop_signal": "SIGTERM",
+    }
+
+
+# -- report runs (workers/reports.py) ---------------------------------------------------------------------
+REPORT_LABEL = f"{LABEL_PREFIX}.report"  # report containers carry no ``.instance`` label: reconcile skips them
+REPORT_INPUT = "/run/report"  # read-only: template.ipynb and params.json
+REPORT_OUTPUT = WORKSPACE_MOUNT  # the run's own folder, read-write; the rest of the workspace is not there
+REPORT_CPU_SHARES = 512  # half the weight of a session: an unattended run yields to people at a notebook
+
+
+def report_container_name(settings: Settings, run_id: str) -> str:
+    return f"{settings.instance}-report-{run_id}"
+
+
+def build_report_spec(
+    run: ReportRun, settings: Settings, *, output: Path, inputs: Path, data: Path | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for ``docker.containers.create`` for a report run: the session's runtime (image, user,
+    read-only root, no network, no capabilities, the profile's limits, data read-only) with the papermill runner
+    (``docker/notebook/nbl_report.py``) instead of Jupyter, the run's folder as its only writable place, and no
+    secret (nothing connects to it)."""
+    mem = run.mem_bytes
+    return {
+        "image": run.image or settings.notebook_image,
+        "name": report_container_name(settings, run.id),
+        "command": [
+            "python3",
+            "-m",
+            "nbl_report",
+            f"{REPORT_INPUT}/template.ipynb",
+            f"{REPORT_INPUT}/params.json",
+            REPORT_OUTPUT,
+        ],
+        "labels": {
+            f"{REPORT_LABEL}.instance": settings.instance,
+            f"{REPORT_LABEL}.run": run.id,
+            f"{REPORT_LABEL}.user": run.user,
+            f"{REPORT_LABEL}.host": run.host or settings.host_name,
+            f"{REPORT_LABEL}.template": run.template,
+        },
+        "user": f"{settings.notebook_uid}:{settings.notebook_gid}",
+        "working_dir": REPORT_OUTPUT,
+        "hostname": f"report-{run.id}",
+        "environment": {
+            "PYTHONPATH": LIBRARY_MOUNT,
+            "DATA_PATH": "/data",
+            "USER_ID": run.user,
+            "HOME": "/home/jovyan",
+            "USER": "jovyan",
+            "LOGNAME": "jovyan",
+            "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
+            "NBL_REPORT_RUN": run.id,
+        },
+        "volumes": {
+            str(data if data is not None else settings.data_dir.resolve()): {"bind": "/data", "mode": "ro"},
+            str(settings.library_dir.resolve()): {"bind": LIBRARY_MOUNT, "mode": "ro"},
+            str(inputs): {"bind": REPORT_INPUT, "mode": "ro"},
+            str(output): {"bind": REPORT_OUTPUT, "mode": "rw"},
+        },
+        "tmpfs": {
+            "/tmp": f"rw,nosuid,nodev,size={settings.tmp_size},mode=1777",
+            "/home/jovyan": (
+                f"rw,nosuid,nodev,size={settings.tmp_size},"
+                f"uid={settings.notebook_uid},gid={settings.notebook_gid},mode=0700"
+            ),
+        },
+        "read_only": True,
+        "network_mode": "none",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "nano_cpus": int(run.cpus * 1_000_000_000),
+        "cpu_shares": REPORT_CPU_SHARES,
+        "mem_limit": mem,
+        "memswap_limit": mem,
+        "pids_limit": run.pids_limit,
+        "init": False,
+        "restart_policy": {"Name": "no"},
     }

@@ -5,7 +5,8 @@
 
 A cell starts with ``# %%``; ``# %% [markdown]`` cells hold ``# ``-prefixed markdown; ``# %% parameters``
 marks papermill's parameters cell. The module docstring's first lines give the card's title,
-description and data (``Title:``, ``Description:``, ``Data:``).
+description and data (``Title:``, ``Description:``, ``Data:``), and ``Tolerance:`` the relative difference
+within which a re-run's ``results.json`` counts as the same (``launcher reproduce``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 
 def build(src: Path) -> str:
     text = src.read_text()
-    meta = dict(re.findall(r"^# (Title|Description|Data): (.+)$", text, flags=re.M))
+    meta = dict(re.findall(r"^# (Title|Description|Data|Tolerance): (.+)$", text, flags=re.M))
     cells = []
     for i, chunk in enumerate(re.split(r"^# %%", text, flags=re.M)[1:]):
         header, _, body = chunk.partition("\n")
@@ -50,6 +51,7 @@ def build(src: Path) -> str:
                 "title": meta.get("Title", src.stem),
                 "description": meta.get("Description", ""),
                 "data": meta.get("Data", ""),
+                **({"tolerance": float(meta["Tolerance"])} if "Tolerance" in meta else {}),
             },
         },
         "cells": cells,

@@ -66,7 +66,7 @@ if ! grep -qx "# requirements digest: $req_digest" "$lock"; then
 fi
 lock_sha=$(sha256sum "$lock" | cut -d' ' -f1)
 nb_files=("$lock" docker/Dockerfile.notebook docker/notebook/nbl_identity.py docker/notebook/nbl_pool_env.py
-  docker/notebook/nbl_pool_env.pth)
+  docker/notebook/nbl_pool_env.pth docker/notebook/nbl_report.py)
 inputs_sha=$( (printf 'base %s\n' "$base_hash"; sha256sum "${nb_files[@]}") | sha256sum | cut -d' ' -f1)
 nb_tag=launcher-notebook:${inputs_sha:0:12}
 if [[ "$force" != --force ]] && docker image inspect "$nb_tag" >/dev/null 2>&1; then
@@ -89,7 +89,8 @@ else
     touch "$ctx/prefix/.complete-${lock_sha:0:16}"
   fi
   cp docker/Dockerfile.notebook "$ctx/Dockerfile"
-  cp docker/notebook/nbl_identity.py docker/notebook/nbl_pool_env.py docker/notebook/nbl_pool_env.pth "$lock" "$ctx/"
+  cp docker/notebook/nbl_identity.py docker/notebook/nbl_pool_env.py docker/notebook/nbl_pool_env.pth \
+    docker/notebook/nbl_report.py "$lock" "$ctx/"
   printf '%s\n' "$lock_sha" >"$ctx/lock.sha256"
   printf 'prefix/bin\nprefix/etc\n' >"$ctx/.dockerignore"
   log "building $nb_tag"

@@ -260,7 +260,10 @@ class Stack:
         wait_for(lambda: self.store.count_live() == 0, 60, "all sessions to stop")
 
     def shutdown(self) -> None:
-        for container in self.containers():
+        reports = self.docker.containers.list(
+            all=True, filters={"label": f"{LABEL_PREFIX}.report.instance={self.settings.instance}"}
+        )
+        for container in [*self.containers(), *reports]:
             container.remove(force=True)
         self.worker.stop()
         self.nginx.stop()
@@ -300,6 +303,7 @@ def start_stack(
         "pool_sizes": {},  # no warm pool unless a test asks for one (tests/test_pool.py)
         "pool_slots_dir": base / "pool-slots",
         "template_store_dir": base / "template-store",
+        "reports_dir": base / "reports",
         "start_timeout_s": 90,
         "stop_timeout_s": 2,
         "broker_visibility_timeout_s": 30,

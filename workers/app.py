@@ -108,12 +108,13 @@ def _retire(sender: object = None, **_: object) -> None:
 @worker_ready.connect
 def _resume_unfinished(sender: object = None, **_: object) -> None:
     """A worker that died mid-start or mid-stop left sessions behind: finish them (idempotently)."""
-    from workers import sweeps
-    from workers.tasks import context
+    from workers import reports, sweeps
+    from workers.tasks import context, report_store
 
     ctx = context()
     try:
         counts = sweeps.reconcile(ctx)
+        counts["reports_removed"] = reports.reconcile(ctx, report_store())
     except LauncherError as exc:  # Docker down at worker start: Beat's reconcile tries again later
         event(log, "worker.reconcile_failed", level=logging.WARNING, error=exc.log_message)
         counts = {}

@@ -11,14 +11,16 @@ from celery import Task, shared_task
 
 from celeryconfig import PER_HOST_SWEEPS
 from launcher.adapters.celery_dispatch import CeleryDispatcher
+from launcher.adapters.redis_reports import ReportStore
 from launcher.bootstrap import build_worker_context
 from launcher.errors import LauncherError
 from launcher.flows import admit_waiting
 from launcher.logs import event
 from launcher.models import HostState, Session
 from launcher.policy import Deadlines, ReapPolicy
+from launcher.report_service import ReportService
 from launcher.settings import Settings
-from workers import lifecycle, sweeps
+from workers import lifecycle, reports, sweeps
 
 log = logging.getLogger("launcher.worker")
 
@@ -27,6 +29,17 @@ log = logging.getLogger("launcher.worker")
 def context() -> lifecycle.WorkerContext:
     """Built once per worker process, from the worker's environment."""
     return build_worker_context(Settings())
+
+
+@cache
+def report_store() -> ReportStore:
+    ctx = context()
+    return ReportStore(ctx.store, ctx.settings.report_keep_per_user)
+
+
+def _report_service(task: Task) -> ReportService:
+    ctx = context()
+    return ReportService(ctx.settings, report_store(), ctx.store, CeleryDispatcher(task.app, ctx.settings))
 
 
 def _admit(task: Task, session: Session | None) -> None:
@@ -75,7 +88,9 @@ def heartbeat() -> dict[str, int]:
 
 @shared_task(name="workers.tasks.reconcile", acks_late=True, soft_time_limit=300, time_limit=330)
 def reconcile() -> dict[str, int]:
-    return sweeps.reconcile(context())
+    counts = sweeps.reconcile(context())
+    counts["reports_removed"] = reports.reconcile(context(), report_store())
+    return counts
 
 
 @shared_task(name="workers.tasks.measure_workspaces", acks_late=True)
@@ -111,3 +126,34 @@ def sweep_deadlines(self: Task) -> dict[str, int]:
     ctx = context()
     dispatcher = CeleryDispatcher(self.app, ctx.settings)
     return sweeps.sweep_deadlines(ctx.store, dispatcher, Deadlines.from_settings(ctx.settings))
+
+
+# -- report runs ----------------------------------------------------------------------------------------
+REPORT_RETRY_S = 10
+
+
+@shared_task(name="workers.tasks.run_report", bind=True, acks_late=True, max_retries=None)
+def run_report(self: Task, run_id: str) -> str | None:
+    """Run a report on this host (up to ``report_timeout_s``; bounded inside ``workers.reports``). With
+    ``report_concurrency`` runs going here already it comes back in ``REPORT_RETRY_S`` (the deadline sweep
+    fails a run that waits longer than ``report_queue_deadline_s``)."""
+    try:
+        run = reports.run(context(), report_store(), run_id)
+    except reports.NoRoom:
+        raise self.retry(countdown=REPORT_RETRY_S) from None
+    return run.status.value if run else None
+
+
+@shared_task(name="workers.tasks.run_due_reports", bind=True, acks_late=True)
+def run_due_reports(self: Task) -> list[str]:
+    return [run.id for run in _report_service(self).run_due()]
+
+
+@shared_task(name="workers.tasks.sweep_reports", bind=True, acks_late=True)
+def sweep_reports(self: Task) -> dict[str, int]:
+    return _report_service(self).sweep()
+
+
+@shared_task(name="workers.tasks.check_reproducibility", bind=True, acks_late=True)
+def check_reproducibility(self: Task) -> list[str]:
+    return [run.id for run in _report_service(self).check_sample()]

@@ -18,6 +18,7 @@ from launcher.settings import Settings
 START_TASK = "workers.tasks.start_session"
 STOP_TASK = "workers.tasks.stop_session"
 DISCARD_TASK = "workers.tasks.discard_session"
+REPORT_TASK = "workers.tasks.run_report"
 
 
 @contextlib.contextmanager
@@ -63,3 +64,9 @@ class CeleryDispatcher:
     def discard(self, session: Session) -> None:
         """Remove whatever a session that has ended left on its host (container, folders, mounts)."""
         self._send(DISCARD_TASK, session)
+
+    def run_report(self, run_id: str, host: str) -> None:
+        """Run a recorded report on its host (``workers.reports``)."""
+        with _broker_errors():
+            queue = self.settings.queue_for_host(host)
+            self.app.send_task(REPORT_TASK, args=[run_id], queue=queue, ignore_result=True)

@@ -131,11 +131,27 @@ class DockerRuntime:
                     return
                 raise
 
-    def list_managed(self, instance: str) -> list[ManagedContainer]:
+    def wait(self, name: str, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds for the container to exit: its exit status, or None if it still runs."""
         with _docker_errors():
-            containers = self._client.containers.list(
-                all=True, filters={"label": f"{LABEL_PREFIX}.instance={instance}"}
-            )
+            container = self._client.containers.get(name)
+            try:
+                result = container.wait(timeout=timeout)
+            except requests.exceptions.ConnectionError as exc:  # docker-py's read timeout arrives as this
+                if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower():
+                    return None
+                raise
+            except requests.exceptions.Timeout:
+                return None
+        return int(result.get("StatusCode", -1))
+
+    def list_managed(self, instance: str) -> list[ManagedContainer]:
+        return self.list_labelled(f"{LABEL_PREFIX}.instance={instance}")
+
+    def list_labelled(self, label: str) -> list[ManagedContainer]:
+        """Every container on this engine with this label (``key=value``)."""
+        with _docker_errors():
+            containers = self._client.containers.list(all=True, filters={"label": label})
         return [
             ManagedContainer(id=str(c.id), name=str(c.name), state=_state_of(c.attrs), labels=dict(c.labels))
             for c in containers

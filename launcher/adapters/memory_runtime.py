@@ -29,6 +29,7 @@ class FakeRuntime:
         self._lock = threading.Lock()
         self._seq = 0
         self.engine = EngineCapacity(cpus=16, mem_bytes=64 * 2**30)
+        self.exit_codes: dict[str, int] = {}  # a container that "exits" with this status when waited on
 
     def capacity(self) -> EngineCapacity:
         return self.engine
@@ -76,3 +77,20 @@ class FakeRuntime:
     def logs(self, name: str, tail: int = 40) -> str:
         lines = self.output.get(name, "").splitlines()[-max(1, tail) :]
         return "\n".join(lines)[-LOG_MAX_BYTES:]
+
+    def wait(self, name: str, timeout: float) -> int | None:
+        container = self.containers.get(name)
+        if container is None:
+            return None
+        code = self.exit_codes.get(name)
+        if code is not None:
+            container.state = ContainerState.EXITED
+        return code
+
+    def list_labelled(self, label: str) -> list[ManagedContainer]:
+        key, _, value = label.partition("=")
+        return [
+            ManagedContainer(c.id, c.name, c.state, dict(c.labels))
+            for c in self.containers.values()
+            if c.labels.get(key) == value
+        ]

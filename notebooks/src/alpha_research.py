@@ -1,6 +1,7 @@
 # Title: Alpha research
 # Description: Define an alpha, build the point-in-time universe, measure IC, its decay, quantile spreads and turnover, and see three classic mistakes side by side with the correct version.
 # Data: CRSP daily, delistings, CCM links; Compustat quarterly (rdq); reads /data, writes to your workspace
+# Tolerance: 1e-9
 
 # %% [markdown]
 # # Alpha research

@@ -1,6 +1,7 @@
 # Title: Backtest review
 # Description: Performance table, cumulative return against the benchmark, rolling Sharpe and beta, drawdowns, monthly returns, factor exposures, cost sensitivity and a point-in-time audit of the trades.
 # Data: backtest runs under /data/analytics/backtests; Fama-French factors; Compustat report dates
+# Tolerance: 1e-9
 
 # %% [markdown]
 # # Backtest review

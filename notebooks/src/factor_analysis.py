@@ -1,6 +1,7 @@
 # Title: Factor analysis
 # Description: Factor statistics, time-series regressions on CAPM / FF3 / Carhart / FF5 with Newey-West errors, rolling exposures, Fama-MacBeth, and a cross-check on real Fama-French portfolios.
 # Data: Fama-French factors, CRSP daily; the real Fama-French portfolios shipped with linearmodels
+# Tolerance: 1e-9
 
 # %% [markdown]
 # # Factor analysis

@@ -1,0 +1,360 @@
+"""What a host's worker does for a report run: run the template in the notebook runtime, keep what it made.
+
+The run's container is the session runtime (``launcher.spec.build_report_spec``) with the papermill runner; its
+only writable place is the run's folder, ``<reports_dir>/<user>/<run>/``, which keeps the executed notebook, its
+HTML and ``output/results.json``. The worker waits for the container, polling once a second: past
+``report_timeout_s``, or with the folder larger than ``report_output_max``, the container is stopped and the run
+fails. It then reads what the run made, never through a symlink and bounded in size (the notebook wrote it),
+records results, the failing cell and every artifact's sha256 on the run, and removes the container. A
+reproduction is compared with the run it reproduces. At most ``report_concurrency`` runs at once per host; a
+run that finds no room is retried by the task.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from launcher import snapshots
+from launcher.adapters.redis_reports import ReportStore
+from launcher.errors import Conflict, LauncherError, StartFailed
+from launcher.logs import event
+from launcher.models import utcnow
+from launcher.provenance import build_record, library_version, sha256_file
+from launcher.reports import CellError, ReportRun, ReportStatus, compare_runs, template_tolerance
+from launcher.settings import Settings, parse_size
+from launcher.spec import REPORT_LABEL, build_report_spec, report_container_name
+from launcher.validation import resolve_template, safe_child, validate_user_id
+from workers import hostfs
+from workers.lifecycle import WorkerContext
+
+log = logging.getLogger("launcher.worker")
+RESULTS = "output/results.json"
+MAX_RESULTS_BYTES = 1 * 2**20
+MAX_ERROR_BYTES = 64 * 2**10
+MAX_ARTIFACTS = 200
+_SLOTS = threading.Lock()
+_RUNNING: set[str] = set()
+
+
+class NoRoom(Exception):
+    """This host runs ``report_concurrency`` reports already: try again shortly."""
+
+
+# -- folders ------------------------------------------------------------------------------------------
+def run_folder(settings: Settings, user: str, run_id: str) -> Path:
+    """``<reports_dir>/<user>/<run>``: the user's folder 0711 (traversable, not listable), the run's 0700."""
+    base = settings.reports_dir
+    base.mkdir(parents=True, exist_ok=True)
+    os.chmod(base, 0o711)
+    mine = safe_child(base.resolve(), validate_user_id(user))
+    mine.mkdir(exist_ok=True)
+    os.chmod(mine, 0o711)
+    folder = safe_child(mine, run_id)
+    return folder
+
+
+def _prepare(settings: Settings, run: ReportRun, template: Path) -> tuple[Path, Path]:
+    """(the run's output folder, owned by the notebook user; its input folder: the template and parameters)."""
+    out = run_folder(settings, run.user, run.id)
+    if out.is_symlink():
+        raise StartFailed("the report's folder could not be prepared", f"{out} is a symlink")
+    out.mkdir(mode=0o700, exist_ok=True)
+    (out / "output").mkdir(mode=0o700, exist_ok=True)
+    for path in (out, out / "output"):
+        os.chown(path, settings.notebook_uid, settings.notebook_gid) if os.geteuid() == 0 else None
+    inputs = hostfs.session_rundir(settings, run.id).with_name(f"report-{run.id}")
+    inputs.mkdir(mode=0o755, parents=True, exist_ok=True)
+    shutil.copyfile(template, inputs / "template.ipynb", follow_symlinks=False)
+    params = dict(run.params) | {"data_root": "/data", "output_dir": "/home/jovyan/work/output"}
+    (inputs / "params.json").write_text(json.dumps(params))
+    for name in ("template.ipynb", "params.json"):
+        os.chmod(inputs / name, 0o444)
+    return out, inputs
+
+
+def _template(ctx: WorkerContext, run: ReportRun) -> tuple[Path, str]:
+    """The template file this run runs (its pinned version, or the current one, kept by hash) and its sha256."""
+    if run.template_sha256:
+        pinned = ctx.settings.template_store_dir / f"{run.template_sha256}.ipynb"
+        if pinned.is_symlink() or not pinned.is_file():
+            raise StartFailed(f"the template version this run asks for ({run.template_sha256[:12]}) is no longer kept")
+        return pinned, run.template_sha256
+    current = resolve_template(ctx.settings.templates_dir, run.template)
+    sha = sha256_file(current)
+    hostfs.keep_template(ctx.settings, run.template, sha)
+    return ctx.settings.template_store_dir / f"{sha}.ipynb", sha
+
+
+# -- reading what the notebook wrote (bounded, no symlinks) --------------------------------------------
+def _read_bounded(folder: Path, relative: str, limit: int) -> bytes | None:
+    """A regular file below ``folder`` opened without following symlinks, at most ``limit`` bytes; None if
+    it is not there, not a regular file, or larger."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for part in relative.split("/")[:-1]:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        file_fd = os.open(relative.rsplit("/", 1)[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    with os.fdopen(file_fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        data = f.read(limit + 1)
+    return data if len(data) <= limit else None
+
+
+def folder_size(folder: Path, most: int = 5000) -> int:
+    """Bytes of the regular files below ``folder`` (never through a symlink; at most ``most`` entries seen)."""
+    total, seen, stack = 0, 0, [str(folder)]
+    while stack and seen < most:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    seen += 1
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            continue
+    return total
+
+
+def artifacts(folder: Path) -> dict[str, str]:
+    """Every regular file the run left (relative path -> sha256), at most ``MAX_ARTIFACTS``, no symlinks."""
+    found: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if len(found) >= MAX_ARTIFACTS or path.is_symlink() or not path.is_file():
+                continue
+            try:
+                found[path.relative_to(folder).as_posix()] = sha256_file(path)
+            except OSError:
+                continue
+    return found
+
+
+def _results(out: Path) -> tuple[dict[str, Any], str]:
+    raw = _read_bounded(out, RESULTS, MAX_RESULTS_BYTES)
+    if raw is None:
+        return {}, ""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}, f"{RESULTS} is not JSON"
+    return (data, "") if isinstance(data, dict) else ({}, f"{RESULTS} is not a JSON object")
+
+
+def _cell_error(out: Path) -> CellError | None:
+    raw = _read_bounded(out, "error.json", MAX_ERROR_BYTES)
+    if raw is None:
+        return None
+    try:
+        return CellError.model_validate_json(raw)
+    except ValueError:
+        return None
+
+
+# -- the run ------------------------------------------------------------------------------------------
+def _claim_slot(settings: Settings, run_id: str) -> None:
+    with _SLOTS:
+        if run_id not in _RUNNING and len(_RUNNING) >= settings.report_concurrency:
+            raise NoRoom(run_id)
+        _RUNNING.add(run_id)
+
+
+def _release_slot(run_id: str) -> None:
+    with _SLOTS:
+        _RUNNING.discard(run_id)
+
+
+def run(ctx: WorkerContext, reports: ReportStore, run_id: str) -> ReportRun | None:
+    """Run a queued report on this host to its end. Raises ``NoRoom`` when this host runs enough already."""
+    found = reports.get(run_id)
+    if found is None or found.status != ReportStatus.QUEUED or found.host != ctx.settings.host_name:
+        event(log, "report.skipped", run_id=run_id, status=found.status.value if found else "unknown")
+        return found
+    _claim_slot(ctx.settings, run_id)
+    try:
+        try:
+            current = reports.update(run_id, {ReportStatus.QUEUED}, status=ReportStatus.RUNNING, started_at=utcnow())
+        except Conflict:
+            return reports.get(run_id)
+        reports.audit("report_started", current, actor=ctx.settings.host_name)
+        return _execute(ctx, reports, current)
+    finally:
+        _release_slot(run_id)
+
+
+def _execute(ctx: WorkerContext, reports: ReportStore, run: ReportRun) -> ReportRun:
+    settings = ctx.settings
+    name = report_container_name(settings, run.id)
+    changes: dict[str, Any] = {}
+    inputs: Path | None = None
+    t0 = time.monotonic()
+    try:
+        hostfs.check_notebook_identity(settings)
+        snapshot, data = snapshots.resolve(settings.data_dir, run.snapshot)
+        template, template_sha = _template(ctx, run)
+        out, inputs = _prepare(settings, run, template)
+        ctx.runtime.start(build_report_spec(run, settings, output=out, inputs=inputs, data=data))
+        image_id, labels = ctx.runtime.image_of(name)
+        record = build_record(
+            run,
+            image=run.image or settings.notebook_image,
+            image_id=image_id,
+            image_labels=labels,
+            snapshot=snapshot,
+            template_sha256=template_sha,
+            library=library_version(settings.library_dir),
+            recorded_at=utcnow().isoformat(timespec="seconds"),
+        )
+        record = {("run" if k == "session" else k): v for k, v in record.items()}
+        record["params"] = json.dumps(run.params, sort_keys=True)
+        changes.update(record=record, snapshot=snapshot, template_sha256=template_sha)
+        code, why = _wait(ctx, name, out)
+        results, results_problem = _results(out)
+        changes.update(results=results, artifacts=artifacts(out))
+        if code == 0 and not why:
+            changes["status"] = ReportStatus.SUCCEEDED
+            if results_problem:
+                changes.update(status=ReportStatus.FAILED, error=results_problem)
+        else:
+            cell = _cell_error(out) if code == 1 else None
+            if not why:
+                why = (
+                    f"cell {cell.cell} raised {cell.ename}"
+                    if cell
+                    else f"the runner exited with status {code}: {_tail(ctx, name)}"
+                )
+            changes.update(status=ReportStatus.FAILED, error=why, cell_error=cell)
+        # A reproduction is compared with its original; the template's tolerance decides what is "the same".
+        if run.reproduces:
+            original = reports.get(run.reproduces)
+            if original is not None:
+                done = run.model_copy(
+                    update={
+                        "results": results,
+                        "record": record,
+                        **{k: v for k, v in changes.items() if k in ("status", "error")},
+                    }
+                )
+                changes["drift"] = compare_runs(original, done, template_tolerance(template))
+    except LauncherError as exc:
+        changes.update(status=ReportStatus.FAILED, error=exc.user_message)
+        event(log, "report.failed", level=logging.WARNING, run_id=run.id, error=exc.log_message)
+    finally:
+        try:
+            ctx.runtime.stop(name, timeout=0)
+        except LauncherError as exc:  # reconcile_reports removes it later
+            event(log, "report.cleanup_deferred", level=logging.WARNING, run_id=run.id, error=exc.log_message)
+        if inputs is not None:
+            shutil.rmtree(inputs, ignore_errors=True)
+    changes.setdefault("status", ReportStatus.FAILED)
+    changes["finished_at"] = utcnow()
+    ended = reports.update(run.id, {ReportStatus.RUNNING}, **changes)
+    if ended.reproduces:
+        reports.set_checked(ended.reproduces, ended.id)
+    drift = ended.drift
+    detail = f"{ended.status.value} in {time.monotonic() - t0:.1f} s"
+    if drift is not None:
+        detail += f"; {'same as' if drift.same else 'DRIFT from'} {ended.reproduces}"
+    reports.audit(
+        "report_drift" if drift is not None and not drift.same else "report_ended",
+        ended,
+        actor=settings.host_name,
+        detail=detail,
+    )
+    event(
+        log,
+        "report.ended",
+        run_id=run.id,
+        user=run.user,
+        status=ended.status.value,
+        seconds=round(time.monotonic() - t0, 2),
+    )
+    return ended
+
+
+def _tail(ctx: WorkerContext, name: str) -> str:
+    try:
+        lines = [line for line in ctx.runtime.logs(name, tail=5).splitlines() if line.strip()]
+    except LauncherError:
+        return ""
+    return (lines[-1] if lines else "")[:300]
+
+
+def _wait(ctx: WorkerContext, name: str, out: Path) -> tuple[int | None, str]:
+    """(exit status, "") when the runner ends in time; (None, why) when it was stopped."""
+    settings = ctx.settings
+    limit = parse_size(settings.report_output_max)
+    until = time.monotonic() + settings.report_timeout_s
+    while True:
+        code = ctx.runtime.wait(name, timeout=1.0)
+        if code is not None:
+            return code, ""
+        if folder_size(out) > limit:
+            ctx.runtime.stop(name, timeout=0)
+            return None, f"the run wrote more than {settings.report_output_max} to its folder and was stopped"
+        if time.monotonic() > until:
+            ctx.runtime.stop(name, timeout=0)
+            return None, f"the run took longer than {settings.report_timeout_s:.0f} s and was stopped"
+
+
+def reconcile(ctx: WorkerContext, reports: ReportStore) -> int:
+    """Remove report containers on this host whose run is not running here any more (a worker that died
+    mid-run; the deadline sweep fails the run)."""
+    removed = 0
+    label = f"{REPORT_LABEL}.instance={ctx.settings.instance}"
+    containers = ctx.runtime.list_labelled(label)
+    present = {c.labels.get(f"{REPORT_LABEL}.run", "") for c in containers}
+    for found in reports.open_runs():  # running here, by no thread of this worker, with no container: ended
+        with _SLOTS:
+            active = found.id in _RUNNING
+        here = found.status == ReportStatus.RUNNING and found.host == ctx.settings.host_name
+        if here and not active and found.id not in present:
+            _fail_orphan(reports, ctx, found.id)
+    for c in containers:
+        if c.labels.get(f"{REPORT_LABEL}.host") != ctx.settings.host_name:
+            continue
+        run_id = c.labels.get(f"{REPORT_LABEL}.run", "")
+        with _SLOTS:
+            active = run_id in _RUNNING
+        if active:
+            continue
+        ctx.runtime.stop(c.name, timeout=0)
+        removed += 1
+        if run_id:
+            _fail_orphan(reports, ctx, run_id)
+    return removed
+
+
+def _fail_orphan(reports: ReportStore, ctx: WorkerContext, run_id: str) -> None:
+    found = reports.get(run_id)
+    if found is None or found.status != ReportStatus.RUNNING or found.host != ctx.settings.host_name:
+        return
+    try:
+        ended = reports.update(
+            run_id,
+            {ReportStatus.RUNNING},
+            status=ReportStatus.FAILED,
+            error="its worker stopped during the run",
+            finished_at=utcnow(),
+        )
+    except Conflict:
+        return
+    reports.audit("report_failed", ended, actor=ctx.settings.host_name, detail="worker stopped mid-run")
