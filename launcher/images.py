@@ -180,12 +180,16 @@ def _docker_client() -> ImageClient:
 
 
 def referenced_by_records(settings: Any) -> set[str]:
-    """Image IDs the kept session records ran on (their ``record.image_id``, and a relaunch's pinned ``image``):
-    an image stays while a record that "relaunch exactly" may need references it."""
+    """Image IDs the kept session and report-run records ran on (``record.image_id``, and a relaunch's or a
+    reproduction's pinned ``image``): an image stays while a record that "relaunch exactly" or ``launcher
+    reproduce`` may need references it."""
+    from launcher.adapters.redis_reports import ReportStore
     from launcher.adapters.redis_store import SessionStore
 
-    sessions = SessionStore.from_settings(settings).list_recent(limit=10_000)
-    return {i for s in sessions for i in (s.record.get("image_id", ""), s.image) if i}
+    store = SessionStore.from_settings(settings)
+    sessions = store.list_recent(limit=10_000)
+    runs = ReportStore(store).image_ids()
+    return {i for s in sessions for i in (s.record.get("image_id", ""), s.image) if i} | runs
 
 
 def main(argv: Sequence[str] | None = None) -> int:

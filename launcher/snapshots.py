@@ -366,12 +366,14 @@ def remove_snapshot(root: Path, snap: str) -> None:
 
 
 def _referenced_by_records(settings: Any) -> set[str]:
-    """Snapshots the session records in Redis name (live and recent sessions)."""
-    from launcher.bootstrap import build_store
+    """Snapshots the session and report-run records in Redis name (live and recent sessions, kept runs)."""
+    from launcher.bootstrap import build_report_service, build_store
 
     store = build_store(settings)
     sessions = [*store.list_live(), *store.list_recent(limit=100_000)]
-    return {s.snapshot for s in sessions if s.snapshot} | {s.record.get("snapshot", "") for s in sessions} - {""}
+    runs = build_report_service(settings, store).store.list_all(100_000)
+    named = {s.snapshot for s in sessions} | {s.record.get("snapshot", "") for s in sessions}
+    return (named | {r.snapshot for r in runs} | {r.record.get("snapshot", "") for r in runs}) - {""}
 
 
 def _settings() -> Any:

@@ -187,8 +187,11 @@ def test_a_template_runs_as_a_report_with_its_artifacts_and_record(rs) -> None:
     assert record["template_sha256"] == template_sha and record["snapshot"] == run.snapshot != ""
     assert record["run"] == run.id and record["user"] == ANN.name and record["profile"] == "standard"
     assert record["library_version"] and json.loads(record["params"]) == {"fast": True}
-    actions = [e.action for e in st.store.audit(user=ANN.name, limit=20) if run.id in e.detail]
-    assert actions[:3] == ["report_ended", "report_started", "report_requested"]
+    events = [e for e in st.store.audit(user=ANN.name, limit=20) if run.id in e.detail]
+    assert [e.action for e in events][:4] == ["report_ended", "report_provenance", "report_started", "report_requested"]
+    assert json.loads(events[1].detail.split(" ", 3)[3]) == record  # the record, in the audit trail
+    kept = folder / ".launcher" / f"{run.id}.json"  # and beside the artifacts
+    assert json.loads(kept.read_text()) == record and f".launcher/{run.id}.json" in run.artifacts
     assert not st.docker.containers.list(all=True, filters={"label": f"{REPORT_LABEL}.run={run.id}"})
 
 

@@ -278,3 +278,14 @@ def test_the_reproducibility_check_samples_unchecked_successful_runs(rsvc) -> No
         rsvc.store.set_checked(rerun.reproduces, rerun.id)
     second = rsvc.check_sample(random.Random(1))
     assert [r.reproduces for r in second] == sorted(set(done) - {r.reproduces for r in first})
+
+
+def test_kept_runs_keep_the_images_and_snapshots_they_name(rsvc) -> None:
+    """Pruning images or snapshots keeps what a kept run's record names: ``launcher reproduce`` needs them."""
+    from launcher import images, snapshots
+
+    run = rsvc.run(ANN, "alpha_research")
+    record = {"image_id": "sha256:" + "d" * 64, "template_sha256": "e" * 64, "snapshot": "f" * 16}
+    rsvc.store.update(run.id, {ReportStatus.QUEUED}, status=ReportStatus.SUCCEEDED, record=record, snapshot="f" * 16)
+    assert "sha256:" + "d" * 64 in images.referenced_by_records(rsvc.settings)
+    assert "f" * 16 in snapshots._referenced_by_records(rsvc.settings)

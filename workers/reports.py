@@ -34,6 +34,7 @@ from launcher.spec import REPORT_LABEL, build_report_spec, report_container_name
 from launcher.validation import resolve_template, safe_child, validate_user_id
 from workers import hostfs
 from workers.lifecycle import WorkerContext
+from workers.provenance import record_json
 
 log = logging.getLogger("launcher.worker")
 RESULTS = "output/results.json"
@@ -266,6 +267,8 @@ def _execute(ctx: WorkerContext, reports: ReportStore, run: ReportRun) -> Report
             shutil.rmtree(inputs, ignore_errors=True)
     changes.setdefault("status", ReportStatus.FAILED)
     changes["finished_at"] = utcnow()
+    if changes.get("record"):
+        _keep_record(ctx, reports, run, changes)
     ended = reports.update(run.id, {ReportStatus.RUNNING}, **changes)
     if ended.reproduces:
         reports.set_checked(ended.reproduces, ended.id)
@@ -288,6 +291,18 @@ def _execute(ctx: WorkerContext, reports: ReportStore, run: ReportRun) -> Report
         seconds=round(time.monotonic() - t0, 2),
     )
     return ended
+
+
+def _keep_record(ctx: WorkerContext, reports: ReportStore, run: ReportRun, changes: dict[str, Any]) -> None:
+    """The record beside the artifacts (``.launcher/<run>.json`` in the run's folder, written once the container is
+    gone, never through a symlink) and in the audit trail."""
+    text = record_json(changes["record"])
+    try:
+        path = hostfs.write_record(ctx.settings, run_folder(ctx.settings, run.user, run.id), run.id, text)
+        changes["artifacts"] = {**changes.get("artifacts", {}), f"{hostfs.RECORD_DIR}/{path.name}": sha256_file(path)}
+    except (OSError, LauncherError) as exc:
+        event(log, "report.record_not_written", level=logging.WARNING, run_id=run.id, error=repr(exc)[:200])
+    reports.audit("report_provenance", run, actor=ctx.settings.host_name, detail=json.dumps(changes["record"]))
 
 
 def _tail(ctx: WorkerContext, name: str) -> str:

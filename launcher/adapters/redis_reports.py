@@ -15,7 +15,6 @@ Redis errors become ``RuntimeUnavailable`` (the session store's translation).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -160,11 +159,12 @@ class ReportStore:
         """Every image ID a kept run's record names (``launcher.images`` keeps them)."""
         with _redis_errors():
             ids = self._r.zrange(self._k("reports"), 0, -1)
-        return {r.record.get("image_id", "") for r in self._load(list(ids))} - {""}
+        return {i for r in self._load(list(ids)) for i in (r.record.get("image_id", ""), r.image) if i}
 
     def audit(self, action: str, run: ReportRun, *, actor: str, detail: str = "") -> None:
+        limit = 4000 if action == "report_provenance" else 500  # a record is about 1 KB of JSON
         self.sessions.record_event(
-            action, user=run.user, actor=actor, detail=f"report {run.id} {run.template} {detail}".strip()[:500]
+            action, user=run.user, actor=actor, detail=f"report {run.id} {run.template} {detail}".strip()[:limit]
         )
 
     # -- schedules ----------------------------------------------------------------------------------
@@ -219,7 +219,3 @@ class ReportStore:
             ids = self._take_due(keys=[self._k("schedules")], args=[now or time.time(), self._p, most])
         found = [self.get_schedule(i) for i in ids]
         return [s for s in found if s is not None]
-
-
-def dumps_params(params: dict[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True)
