@@ -125,7 +125,10 @@ def run(args: argparse.Namespace, pool: int) -> None:
     work.chmod(0o755)
     redis_proc, redis_url = start_redis(work)
     sizes = {"standard": pool} if pool else {}
-    stack = start_stack(work / "stack", redis_url, docker_client(), mem_limit="2g", cpus=2.0, pool_sizes=sizes)
+    # The product's stop grace (LAUNCHER_STOP_TIMEOUT_S, 0: killed at once), not the test stacks' 2 s.
+    stack = start_stack(
+        work / "stack", redis_url, docker_client(), mem_limit="2g", cpus=2.0, pool_sizes=sizes, stop_timeout_s=0
+    )
     results: dict[str, object] = {}
     try:
         ready, stops = [], []

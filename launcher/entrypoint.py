@@ -91,6 +91,7 @@ def render(settings: Settings, prefix: Path, *, run_as_root: bool | None = None)
         "LISTEN": settings.entrypoint_listen,
         "AUTHORIZER_SOCKET": str(authorizer_socket(prefix)),
         "DOMAIN": settings.notebook_domain,
+        "LAB_STATIC": str(settings.lab_static_dir.resolve()),
         "DOMAIN_RE": re.escape(settings.notebook_domain),
         "CONSOLE_URL": settings.console_url.replace("'", "%27").replace('"', "%22"),
         "SSL": " ssl" if settings.entrypoint_tls_cert else "",

@@ -138,6 +138,10 @@ class Settings(BaseSettings):
 
     # The notebook container.
     notebook_image: str = "launcher-notebook:latest"
+    # JupyterLab's assets, copied out of each notebook image once and served by the entry point on one shared
+    # origin (static.<notebook domain>), so a browser downloads them once per image, not once per session.
+    shared_lab_static: bool = True
+    lab_static_dir: Path = REPO_ROOT / "var" / "lab-static"
     image_retention_days: float = Field(30.0, ge=0)  # python -m launcher.images prune keeps younger images
     data_dir: Path = REPO_ROOT / "var" / "data"  # the data root: snapshots/<id>/, current (launcher.snapshots)
     snapshot_keep_recent: int = Field(3, ge=0)  # python -m launcher.snapshots prune keeps this many newest
@@ -332,6 +336,11 @@ class Settings(BaseSettings):
         """The origin a session is served on: its id as a subdomain of this host's entry point."""
         scheme, _, rest = self.public_url.rstrip("/").partition("://")
         return f"{scheme}://{session_id}.{rest}"
+
+    @property
+    def static_origin(self) -> str:
+        """The origin of the assets every session shares (JupyterLab's, ``workers.labstatic``)."""
+        return self.session_origin("static")
 
     @property
     def notebook_domain(self) -> str:

@@ -43,8 +43,10 @@ def labels_for(settings: Settings, session: Session) -> dict[str, str]:
     }
 
 
-def jupyter_command() -> list[str]:
-    """The same for every session: no session id, user or secret on a command line ``ps`` shows."""
+def jupyter_command(static_url: str = "") -> list[str]:
+    """The same for every session: no session id, user or secret on a command line ``ps`` shows. ``static_url``:
+    where JupyterLab's assets are served for every session of this image (``workers.labstatic``), if anywhere."""
+    shared = [f"--LabApp.static_url_prefix={static_url}"] if static_url else []
     return [
         "python3",
         "-m",
@@ -61,11 +63,18 @@ def jupyter_command() -> list[str]:
         "--LabApp.extension_manager=readonly",
         "--LabApp.news_url=",
         "--ServerApp.shutdown_no_activity_timeout=0",
+        *shared,
     ]
 
 
 def build_container_spec(
-    session: Session, settings: Settings, *, workspace: Path, rundir: Path, data: Path | None = None
+    session: Session,
+    settings: Settings,
+    *,
+    workspace: Path,
+    rundir: Path,
+    data: Path | None = None,
+    static_url: str = "",
 ) -> dict[str, Any]:
     """Keyword arguments for ``docker.containers.create`` for this session's notebook.
 
@@ -78,7 +87,7 @@ def build_container_spec(
     return {
         "image": session.image or settings.notebook_image,
         "name": container_name(settings, session.id),
-        "command": jupyter_command(),
+        "command": jupyter_command(static_url),
         "labels": labels_for(settings, session),
         "user": f"{settings.notebook_uid}:{settings.notebook_gid}",
         "working_dir": WORKSPACE_MOUNT,

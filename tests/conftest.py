@@ -71,6 +71,7 @@ def unit_settings(tmp_path: Path) -> Settings:
         pool_slots_dir=tmp_path / "pool-slots",
         template_store_dir=tmp_path / "template-store",
         reports_dir=tmp_path / "reports",
+        lab_static_dir=tmp_path / "lab-static",
         cookie_secret=secrets.token_urlsafe(32),
         flower_password=secrets.token_urlsafe(16),
     )

@@ -304,6 +304,7 @@ def start_stack(
         "pool_slots_dir": base / "pool-slots",
         "template_store_dir": base / "template-store",
         "reports_dir": base / "reports",
+        "lab_static_dir": base / "lab-static",
         "start_timeout_s": 90,
         "stop_timeout_s": 2,
         "broker_visibility_timeout_s": 30,

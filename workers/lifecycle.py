@@ -41,7 +41,7 @@ from launcher.transitions import (
     RecordProvenance,
     SetPhase,
 )
-from workers import hostfs, provenance, quota
+from workers import hostfs, labstatic, provenance, quota
 
 log = logging.getLogger("launcher.worker")
 T = TypeVar("T")
@@ -205,7 +205,10 @@ def _start(ctx: WorkerContext, session_id: str) -> Session | None:
                 timings["claim"] = time.monotonic() - t0
             else:
                 rundir = hostfs.prepare_rundir(ctx.settings, session_id, session.token.get_secret_value())
-                spec = build_container_spec(session, ctx.settings, workspace=workspace, rundir=rundir, data=data)
+                shared = labstatic.ensure(ctx.settings, ctx.runtime, session.image or ctx.settings.notebook_image)
+                spec = build_container_spec(
+                    session, ctx.settings, workspace=workspace, rundir=rundir, data=data, static_url=shared
+                )
                 timings["prepare"] = time.monotonic() - t0
                 handle = retrying(lambda: ctx.runtime.start(spec), until, "start")
                 timings["container"] = time.monotonic() - t0 - timings["prepare"]
@@ -361,7 +364,9 @@ def _stop(ctx: WorkerContext, session_id: str) -> Session | None:
     except RuntimeUnavailable as exc:
         note = "the container could not be removed yet (Docker unreachable); it is removed when Docker returns"
         event(log, "session.stop_deferred", level=logging.WARNING, session_id=session_id, error=exc.log_message)
+    removed_s = time.monotonic() - t0
     clean_up(ctx, session_id, session.user)
+    cleaned_s = time.monotonic() - t0 - removed_s
     reason = session.stop_reason or Reason.ADMIN
     try:
         session = ctx.store.apply(session_id, MarkStopped(by=ctx.by, reason=reason, note=note))
@@ -376,5 +381,7 @@ def _stop(ctx: WorkerContext, session_id: str) -> Session | None:
         by=session.stop_requested_by or "",
         reason=reason.value,
         stop_s=round(time.monotonic() - t0, 3),
+        container_s=round(removed_s, 3),
+        cleanup_s=round(cleaned_s, 3),
     )
     return session

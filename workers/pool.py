@@ -40,7 +40,7 @@ from launcher.logs import event
 from launcher.models import HostState, Session
 from launcher.settings import Settings
 from launcher.spec import LABEL_PREFIX, WORKSPACE_MOUNT, build_container_spec, container_name
-from workers import hostfs, mounts
+from workers import hostfs, labstatic, mounts
 from workers.lifecycle import WorkerContext
 
 log = logging.getLogger("launcher.worker")
@@ -59,7 +59,14 @@ def pool_container_name(settings: Settings, slot: str) -> str:
 
 
 def build_pool_spec(
-    settings: Settings, profile: str, slot: str, *, slot_dir: Path, rundir: Path, data: Path | None = None
+    settings: Settings,
+    profile: str,
+    slot: str,
+    *,
+    slot_dir: Path,
+    rundir: Path,
+    data: Path | None = None,
+    static_url: str = "",
 ) -> dict[str, Any]:
     """A session's container spec (``launcher.spec.build_container_spec``) for no session: no identity, the slot
     bound with ``rslave`` propagation at the workspace path, the pool's name and labels, a low CPU weight."""
@@ -75,7 +82,7 @@ def build_pool_spec(
         pids_limit=p.pids_limit,
         token=SecretStr(""),
     )
-    spec = build_container_spec(stand_in, settings, workspace=slot_dir, rundir=rundir, data=data)
+    spec = build_container_spec(stand_in, settings, workspace=slot_dir, rundir=rundir, data=data, static_url=static_url)
     del spec["volumes"][str(slot_dir)]
     del spec["environment"]["USER_ID"]
     spec.update(
@@ -138,7 +145,8 @@ def boot(ctx: WorkerContext, profile: str) -> str | None:
         mounts.prepare_root(settings)
         slot_dir = mounts.make_slot(settings, slot)
         rundir = hostfs.prepare_rundir(settings, slot, secret)
-        spec = build_pool_spec(settings, profile, slot, slot_dir=slot_dir, rundir=rundir, data=data)
+        shared = labstatic.ensure(settings, ctx.runtime, settings.notebook_image)
+        spec = build_pool_spec(settings, profile, slot, slot_dir=slot_dir, rundir=rundir, data=data, static_url=shared)
         handle = ctx.runtime.start(spec)
         wait_ready(
             hostfs.socket_path(settings, slot),
@@ -152,8 +160,15 @@ def boot(ctx: WorkerContext, profile: str) -> str | None:
         tail = ""
         with contextlib.suppress(Exception):
             tail = ctx.runtime.logs(pool_container_name(settings, slot), tail=8)[-600:]
-        event(log, "pool.boot_failed", level=logging.WARNING, slot=slot, profile=profile, error=repr(exc)[:300],
-              output=tail)
+        event(
+            log,
+            "pool.boot_failed",
+            level=logging.WARNING,
+            slot=slot,
+            profile=profile,
+            error=repr(exc)[:300],
+            output=tail,
+        )
         destroy(ctx, slot)
         return None
     ctx.store.pool_ready(slot)
@@ -248,8 +263,10 @@ def tend(ctx: WorkerContext, on_room: Callable[[], None]) -> str:
     for slot, record in slots.items():  # more idle containers than the size now configured (a restart changed it)
         profile = record.get("profile", "")
         idle = [s for s, r in slots.items() if r.get("profile") == profile and r.get("state") == "idle"]
-        if record.get("state") == "idle" and len(idle) > sizes.get(profile, 0) and ctx.store.pool_retire(
-            host, profile, slot
+        if (
+            record.get("state") == "idle"
+            and len(idle) > sizes.get(profile, 0)
+            and ctx.store.pool_retire(host, profile, slot)
         ):
             destroy(ctx, slot)
             return f"retired {slot} (pool smaller now)"

@@ -109,6 +109,23 @@ class DockerRuntime:
             labels = (self._client.images.get(image_id).labels or {}) if image_id else {}
         return image_id, {str(k): str(v) for k, v in labels.items()}
 
+    def image_id(self, ref: str) -> str:
+        """The ID (``sha256:...``) of the image a reference names."""
+        with _docker_errors():
+            return str(self._client.images.get(ref).id)
+
+    def image_archive(self, ref: str, path: str) -> Iterator[bytes]:
+        """A folder of an image as a tar stream (from a container created, never started, and removed after)."""
+        with _docker_errors():
+            container = self._client.containers.create(ref, command=["true"], network_mode="none")
+        try:
+            with _docker_errors():
+                stream, _ = container.get_archive(path)
+                yield from stream
+        finally:
+            with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
+                container.remove(force=True)
+
     def state(self, name: str) -> ContainerState:
         with _docker_errors():
             try:
@@ -118,8 +135,13 @@ class DockerRuntime:
         return _state_of(container.attrs)
 
     def stop(self, name: str, timeout: int = 10) -> None:
+        """Stop (SIGTERM, then SIGKILL after ``timeout`` s) and remove. With ``timeout`` 0 one call kills and
+        removes (``docker rm -f``): no inspect, no separate stop."""
         with _docker_errors():
             try:
+                if timeout <= 0:
+                    self._client.api.remove_container(name, force=True)
+                    return
                 container = self._client.containers.get(name)
                 if _state_of(container.attrs) == ContainerState.RUNNING:
                     container.stop(timeout=timeout)

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from launcher.errors import RuntimeUnavailable
 from launcher.ports import LOG_MAX_BYTES, ContainerState, EngineCapacity, Handle, ManagedContainer
 from launcher.spec import LABEL_PREFIX
 
@@ -58,6 +60,12 @@ class FakeRuntime:
 
     def image_of(self, name: str) -> tuple[str, dict[str, str]]:
         return "", {}
+
+    def image_id(self, ref: str) -> str:
+        raise RuntimeUnavailable("the in-memory runtime has no images")
+
+    def image_archive(self, ref: str, path: str) -> Iterator[bytes]:
+        raise RuntimeUnavailable("the in-memory runtime has no images")
 
     def state(self, name: str) -> ContainerState:
         container = self.containers.get(name)

@@ -1,0 +1,153 @@
+"""JupyterLab's static assets, served once per image from one shared origin (issue 12, "JupyterLab itself loads
+fast").
+
+Every session is its own origin, so a browser would download JupyterLab's 5 MB of assets again for each
+session. Instead the worker copies them out of the notebook image once, into
+``<lab_static_dir>/<first 16 hex of the image ID>/``, and starts Jupyter with ``LabApp.static_url_prefix``
+pointing at ``<static origin>/lab/<that key>/``; the entry point serves that folder on ``static.<notebook
+domain>`` (public, immutable, compressed, readable cross-origin). The assets are the image's own files, the same
+for every user: nothing secret, no cookie, no authorization. A copy that fails leaves the session on its own
+``/static/`` (slower, never broken).
+
+The copy is the image's tar stream of one folder, extracted with checks: regular files and folders only, no
+name that leaves the folder, at most ``MAX_BYTES`` and ``MAX_ENTRIES``, into a temporary folder renamed into
+place, so a half-copied folder is never served.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import shutil
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from launcher.errors import LauncherError
+from launcher.logs import event
+from launcher.ports import Runtime
+from launcher.settings import Settings
+
+log = logging.getLogger("launcher.worker")
+LAB_STATIC = "/usr/local/share/jupyter/lab/static"
+MAX_BYTES = 256 * 2**20
+MAX_ENTRIES = 5000
+_LOCK = threading.Lock()
+_IDS: dict[str, tuple[float, str]] = {}  # image reference -> (when looked up, image ID)
+_ID_TTL_S = 30.0
+
+
+def key_of(image_id: str) -> str:
+    match = re.fullmatch(r"sha256:([0-9a-f]{64})", image_id)
+    if match is None:
+        raise ValueError(f"not an image ID: {image_id[:30]!r}")
+    return match.group(1)[:16]
+
+
+def static_url(settings: Settings, key: str) -> str:
+    return f"{settings.static_origin}/lab/{key}/"
+
+
+class _Stream(io.RawIOBase):
+    """A file-like view of an iterator of byte chunks (docker-py's archive stream), for tarfile's stream mode."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(target), len(self._buffer))
+        target[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+
+def extract(chunks: Iterator[bytes], dest: Path, top: str = "static") -> int:
+    """Extract the tar stream of folder ``top`` into ``dest`` (which must not exist); the bytes written.
+
+    Refuses (``ValueError``) anything but regular files and folders below ``top``, and more than the bounds."""
+    dest.mkdir(mode=0o755)
+    written = entries = 0
+    with tarfile.open(fileobj=io.BufferedReader(_Stream(chunks)), mode="r|") as archive:
+        for member in archive:
+            entries += 1
+            if entries > MAX_ENTRIES:
+                raise ValueError(f"more than {MAX_ENTRIES} entries")
+            parts = member.name.split("/")
+            if parts[0] != top or any(p in ("", ".", "..") for p in parts[1:]) or "\0" in member.name:
+                raise ValueError(f"unexpected name {member.name[:80]!r}")
+            target = dest.joinpath(*parts[1:]) if len(parts) > 1 else dest
+            if member.isdir():
+                target.mkdir(mode=0o755, exist_ok=True)
+                continue
+            if not member.isreg():
+                raise ValueError(f"not a regular file: {member.name[:80]!r}")
+            written += member.size
+            if written > MAX_BYTES:
+                raise ValueError(f"more than {MAX_BYTES} bytes")
+            source = archive.extractfile(member)
+            assert source is not None
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(source, out)
+    return written
+
+
+def _image_id(runtime: Runtime, image: str) -> str:
+    now = time.monotonic()
+    cached = _IDS.get(image)
+    if cached is not None and now - cached[0] < _ID_TTL_S:
+        return cached[1]
+    found = runtime.image_id(image)
+    _IDS[image] = (now, found)
+    return found
+
+
+def ensure(settings: Settings, runtime: Runtime, image: str) -> str:
+    """The static URL prefix for Jupyter in containers of ``image`` ("" when shared assets are off or could not be
+    copied: the session then serves its own)."""
+    if not settings.shared_lab_static:
+        return ""
+    try:
+        key = key_of(_image_id(runtime, image))
+    except (LauncherError, ValueError) as exc:
+        event(log, "lab_static.unavailable", level=logging.WARNING, image=image, error=str(exc)[:200])
+        return ""
+    base = settings.lab_static_dir
+    final = base / key
+    if (final / "index.html").is_file():
+        return static_url(settings, key)
+    with _LOCK:  # one copy at a time in this worker; the rename makes it atomic for everyone else
+        if (final / "index.html").is_file():
+            return static_url(settings, key)
+        base.mkdir(parents=True, exist_ok=True, mode=0o755)
+        os.chmod(base, 0o755)
+        tmp = base / f".{key}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        t0 = time.monotonic()
+        try:
+            written = extract(runtime.image_archive(image, LAB_STATIC), tmp)
+            if not (tmp / "index.html").is_file():
+                raise ValueError("no index.html in the image's JupyterLab static folder")
+            os.replace(tmp, final)
+        except (LauncherError, ValueError, OSError, tarfile.TarError) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if (final / "index.html").is_file():  # another worker on this host copied it meanwhile
+                return static_url(settings, key)
+            event(log, "lab_static.copy_failed", level=logging.WARNING, image=image, error=str(exc)[:200])
+            return ""
+    event(log, "lab_static.copied", key=key, bytes=written, seconds=round(time.monotonic() - t0, 2))
+    return static_url(settings, key)
