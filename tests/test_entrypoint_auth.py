@@ -77,6 +77,8 @@ class _Capture(BaseHTTPRequestHandler):
         )
         big = self.path.startswith(("/static/", "/api/big"))
         body = (b"var x = 1;\n" * 2000) if big else json.dumps({"ok": True}).encode()
+        if self.path.startswith("/lab/api/settings"):  # JupyterLab's settings: large JSON
+            body = json.dumps({"settings": [{"schema": "x" * 100}] * 100}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/javascript" if big else "application/json")
         self.send_header("Cache-Control", "no-cache")
@@ -336,4 +338,11 @@ def test_static_assets_are_compressed_and_cached_and_nothing_else_is(entry):
     api = browser.get("/api/big", headers={"Accept-Encoding": "gzip"})
     assert api.status_code == 200 and "content-encoding" not in api.headers
     assert api.headers["cache-control"] == "no-cache"
+    # JupyterLab's settings (no secret in them, 140 KB at every load) are compressed, behind the same checks.
+    lab_settings = browser.get("/lab/api/settings?ids_only=true", headers={"Accept-Encoding": "gzip"})
+    assert lab_settings.status_code == 200 and lab_settings.headers["content-encoding"] == "gzip"
+    assert lab_settings.json()["settings"][0]["schema"] == "x" * 100
+    stranger = OriginClient(settings, session.id)
+    assert stranger.get("/lab/api/settings", headers={"Accept-Encoding": "gzip"}).status_code in (302, 401, 403)
+    stranger.close()
     browser.close()
