@@ -24,7 +24,7 @@ from launcher.reports import ReportStatus
 from launcher.spec import REPORT_LABEL
 from tests.conftest import docker_or_skip
 from tests.helpers import wait_for
-from tests.stack import Stack, start_beat, start_stack
+from tests.stack import Stack, start_beat, start_stack, start_worker
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,3 +274,24 @@ def test_a_schedule_runs_through_beat(rs) -> None:
         service.remove_schedule(BOB, schedule.id)
     finally:
         beat.stop()
+
+
+def test_a_run_whose_worker_dies_ends_failed_with_its_container_removed(rs) -> None:
+    """No run stuck: the worker SIGKILLed mid-run; when a worker comes back, the run is failed with a reason and
+    its container is gone."""
+    st, service = rs
+    (st.settings.templates_dir / "slow.ipynb").write_text(notebook("import time\ntime.sleep(120)"))
+    run = service.run(ANN, "slow")
+    label = {"label": f"{REPORT_LABEL}.run={run.id}"}
+    wait_for(
+        lambda: (
+            service.store.require(run.id).status == ReportStatus.RUNNING and st.docker.containers.list(filters=label)
+        ),
+        120,
+        "the run to be running in its container",
+    )
+    st.worker.kill()
+    st.worker = start_worker(st.settings, st.workdir / "worker-after-kill.log", f"w2-{st.settings.instance}")
+    ended = finished(service, run.id, 120)
+    assert ended.status == ReportStatus.FAILED and ended.error == "its worker stopped during the run"
+    assert not st.docker.containers.list(all=True, filters=label)

@@ -88,8 +88,7 @@ class DockerRuntime:
                     raise
                 container = self._client.containers.get(name)
                 adopted = True
-            container.reload()
-            if _state_of(container.attrs) != ContainerState.RUNNING:
+            if not adopted or _state_of(container.attrs) != ContainerState.RUNNING:  # a new one is "created"
                 container.start()
         return Handle(id=str(container.id), name=name, adopted=adopted)
 
