@@ -144,6 +144,7 @@ def rs(workdir: Path, redis_url: str) -> Iterator[tuple[Stack, ReportService]]:
         report_schedule_min_s=2.0,
         report_schedule_tick_s=1.0,
         report_timeout_s=300.0,
+        report_output_max="64m",
     )
     try:
         data = snapshots.resolve(st.settings.data_dir, "")[1] / "probe"
@@ -295,3 +296,26 @@ def test_a_run_whose_worker_dies_ends_failed_with_its_container_removed(rs) -> N
     ended = finished(service, run.id, 120)
     assert ended.status == ReportStatus.FAILED and ended.error == "its worker stopped during the run"
     assert not st.docker.containers.list(all=True, filters=label)
+
+
+@pytest.mark.parametrize(
+    ("code", "why"),
+    [
+        (
+            "import pathlib, time\nfor i in range(400):\n    pathlib.Path(f'big{i}.bin').write_bytes(bytes(2**20))\n"
+            "time.sleep(60)",
+            "more than 64m",
+        ),
+        (
+            "import pathlib, time\nfor i in range(6000):\n    pathlib.Path(f'f{i}').touch()\ntime.sleep(60)",
+            "over 5000 files",
+        ),
+    ],
+)
+def test_a_run_that_fills_its_folder_is_stopped(rs, code, why) -> None:
+    """What a report writes is bounded while it runs: bytes and files, checked every second."""
+    st, service = rs
+    (st.settings.templates_dir / "filler.ipynb").write_text(notebook(code))
+    ended = finished(service, service.run(BOB, "filler").id, 120)
+    assert ended.status == ReportStatus.FAILED and ended.error == f"the run wrote {why} to its folder and was stopped"
+    assert not st.docker.containers.list(all=True, filters={"label": f"{REPORT_LABEL}.run={ended.id}"})

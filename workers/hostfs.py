@@ -29,6 +29,11 @@ def _ensure_base(base: Path) -> Path:
     return base.resolve()
 
 
+def own(path: Path, uid: int, gid: int) -> None:
+    """Give ``path`` to ``uid:gid`` (when this process may: as root)."""
+    _chown(path, uid, gid)
+
+
 def _chown(path: Path | int, uid: int, gid: int) -> None:
     if os.geteuid() != 0:
         return

@@ -70,7 +70,7 @@ def _prepare(settings: Settings, run: ReportRun, template: Path) -> tuple[Path, 
     out.mkdir(mode=0o700, exist_ok=True)
     (out / "output").mkdir(mode=0o700, exist_ok=True)
     for path in (out, out / "output"):
-        os.chown(path, settings.notebook_uid, settings.notebook_gid) if os.geteuid() == 0 else None
+        hostfs.own(path, settings.notebook_uid, settings.notebook_gid)
     inputs = hostfs.session_rundir(settings, run.id).with_name(f"report-{run.id}")
     inputs.mkdir(mode=0o755, parents=True, exist_ok=True)
     shutil.copyfile(template, inputs / "template.ipynb", follow_symlinks=False)
@@ -116,21 +116,27 @@ def _read_bounded(folder: Path, relative: str, limit: int) -> bytes | None:
     return data if len(data) <= limit else None
 
 
-def folder_size(folder: Path, most: int = 5000) -> int:
-    """Bytes of the regular files below ``folder`` (never through a symlink; at most ``most`` entries seen)."""
+MAX_FOLDER_ENTRIES = 5000  # a run that makes more files and folders than this is stopped
+
+
+def folder_size(folder: Path, most: int = MAX_FOLDER_ENTRIES) -> tuple[int, int]:
+    """(bytes of the regular files, entries seen) below ``folder``, never through a symlink, looking at no more
+    than ``most`` + 1 entries."""
     total, seen, stack = 0, 0, [str(folder)]
     while stack and seen < most:
         try:
             with os.scandir(stack.pop()) as it:
                 for entry in it:
                     seen += 1
+                    if seen > most:
+                        break
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
                     elif entry.is_file(follow_symlinks=False):
                         total += entry.stat(follow_symlinks=False).st_size
         except OSError:
             continue
-    return total
+    return total, seen
 
 
 def artifacts(folder: Path) -> dict[str, str]:
@@ -322,9 +328,11 @@ def _wait(ctx: WorkerContext, name: str, out: Path) -> tuple[int | None, str]:
         code = ctx.runtime.wait(name, timeout=1.0)
         if code is not None:
             return code, ""
-        if folder_size(out) > limit:
+        size, entries = folder_size(out)
+        if size > limit or entries > MAX_FOLDER_ENTRIES:
             ctx.runtime.stop(name, timeout=0)
-            return None, f"the run wrote more than {settings.report_output_max} to its folder and was stopped"
+            what = f"more than {settings.report_output_max}" if size > limit else f"over {MAX_FOLDER_ENTRIES} files"
+            return None, f"the run wrote {what} to its folder and was stopped"
         if time.monotonic() > until:
             ctx.runtime.stop(name, timeout=0)
             return None, f"the run took longer than {settings.report_timeout_s:.0f} s and was stopped"
