@@ -37,6 +37,7 @@ if not settings.feature_notebook_launcher:
 available = []
 if authorize(actor, Permission.LAUNCH_NOTEBOOKS):
     available.append(st.Page("screens/notebooks.py", title="Notebooks", icon=":material/menu_book:", default=True))
+    available.append(st.Page("screens/reports.py", title="Reports", icon=":material/summarize:"))
 if authorize(actor, Permission.MANAGE_NOTEBOOKS):
     available.append(st.Page("screens/admin.py", title="Admin", icon=":material/admin_panel_settings:"))
 if not available:

@@ -11,6 +11,9 @@ Streamlit serves the pages (``ui/app.py``); beside them, on the same port, a few
     POST /logout             with the login's CSRF token: deletes the login in Redis
     GET  /_nbl/authorize     opening a notebook: mints a one-time code for the session origin
     GET  /_nbl/files         the logged-in user's workspace files (where the workspace is on this machine)
+    GET  /_nbl/reports/<run>/<path>
+                             one recorded artifact of a report run (the owner's or, for an admin, anyone's); the
+                             HTML rendering inline under a sandboxing CSP, everything else as a download
     GET  /metrics            Prometheus text format: queue, admissions, sessions by status, hosts (no user
                              names, no session ids); only with ``Authorization: Bearer <LAUNCHER_METRICS_TOKEN>``,
                              404 while that token is not set
@@ -32,6 +35,7 @@ import importlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
+import re  # noqa: E402
 from typing import Any  # noqa: E402
 from urllib.parse import parse_qs, quote, urlencode, urlsplit  # noqa: E402
 
@@ -47,6 +51,7 @@ from starlette.routing import Route  # noqa: E402
 from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
 
 from launcher.adapters.redis_logins import LoginStore, LoginThrottle  # noqa: E402
+from launcher.adapters.redis_reports import ReportStore  # noqa: E402
 from launcher.adapters.redis_store import SessionStore  # noqa: E402
 from launcher.adapters.redis_webauth import EntryAuth, digest  # noqa: E402
 from launcher.errors import InvalidRequest, LauncherError, NotFound, PermissionDenied  # noqa: E402
@@ -71,6 +76,7 @@ from ui.auth import (  # noqa: E402
 # first run can be interrupted by Streamlit stopping that run (a rerun request), which leaves a half-made
 # module behind ("'NoneType' object has no attribute '__dict__'" in a dataclass; seen on a loaded machine).
 importlib.import_module("ui.views")
+importlib.import_module("ui.reports_view")
 
 log = logging.getLogger("launcher.console")
 MAX_FORM_BYTES = 4096
@@ -79,6 +85,15 @@ OIDC_STATE_TTL_S = 600
 # Our own small pages: nothing but inline style. Streamlit's pages keep their scripts, but may not be framed.
 OWN_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; frame-ancestors 'none'"
 STREAMLIT_CSP = "frame-ancestors 'self'; base-uri 'self'; object-src 'none'"
+# A report's artifacts were written by a user's notebook: no script of theirs may run on the console's origin
+# (an admin opening a researcher's report would otherwise run it with the admin's login). ``sandbox`` gives the
+# page an opaque origin with scripts, forms, popups and plugins off; the rest allows only its inline styles and
+# data: images (the rendered notebook's charts).
+REPORT_CSP = (
+    "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+REPORT_RUN_ID = re.compile(r"[a-z0-9]{12}")
 _OWN_PATHS = ("/login", "/logout", "/oauth2callback", "/_nbl/", "/metrics")
 MAX_AUTHORIZATION_CHARS = 1024  # a longer Authorization header is refused unread
 METRICS_WAITS = 1000  # the admission waits the summary's quantiles are computed over (the store keeps 1000)
@@ -138,7 +153,9 @@ class SecurityHeaders:
                 headers = MutableHeaders(scope=message)
                 headers["X-Content-Type-Options"] = "nosniff"
                 headers["Referrer-Policy"] = "no-referrer"
-                if own or "content-security-policy" not in headers:
+                # One of our routes may set a sandboxing policy of its own (report artifacts): it is kept.
+                sandboxed = own and headers.get("content-security-policy", "").startswith("sandbox;")
+                if not sandboxed and (own or "content-security-policy" not in headers):
                     headers["Content-Security-Policy"] = OWN_CSP if own else STREAMLIT_CSP
                 if own:
                     headers["Cache-Control"] = "no-store"
@@ -260,6 +277,7 @@ class Console:
             Route("/logout", self.logout_post, methods=["POST"]),
             Route("/_nbl/authorize", self.authorize, methods=["GET"]),
             Route("/_nbl/files", self.files, methods=["GET"]),
+            Route("/_nbl/reports/{run_id}/{path:path}", self.report_artifact, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
         ]
 
@@ -523,6 +541,59 @@ class Console:
         event(log, "console.download", user=shown_name(actor.name), what="archive" if "archive" in params else "file")
         quoted = quote(name, safe="")
         headers = {"Content-Disposition": f"attachment; filename*=UTF-8''{quoted}", "Cache-Control": "no-store"}
+
+        def chunks() -> Any:
+            with handle:
+                while chunk := handle.read(1 << 16):
+                    yield chunk
+
+        return StreamingResponse(chunks(), media_type=media, headers=headers)
+
+    # -- a report run's artifacts ----------------------------------------------------------------
+    async def report_artifact(self, request: Request) -> Response:
+        """``/_nbl/reports/<run>/<path>``: one of the run's recorded artifacts, to its owner or an admin."""
+        run_id, path = request.path_params["run_id"], request.path_params["path"]
+        try:
+            return await run_in_threadpool(self._report_artifact, request.cookies, run_id, path, request.url.path)
+        except (redis.RedisError, LauncherError) as exc:
+            log.error("console.report_artifact_unavailable error=%s", type(exc).__name__)
+            return message_page("Reports", "The launcher is not reachable right now; try again shortly.", 503)
+
+    def _report_artifact(self, cookies: dict[str, str], run_id: str, path: str, here: str) -> Response:
+        from launcher.rbac import may_act_on
+        from launcher.validation import safe_child, validate_user_id
+        from ui import workspace
+
+        resolved = resolve(self.settings, self.logins, cookies)
+        actor = resolved.actor
+        if actor is None:
+            return RedirectResponse("/login?" + urlencode({"next": safe_next(here)}), status_code=303)
+        # Someone else's run, an unknown run and a file the run did not record all look the same: no such file.
+        missing = message_page("Reports", "There is no such report file.", 404)
+        if not REPORT_RUN_ID.fullmatch(run_id):
+            return missing
+        run = ReportStore(self.store).get(run_id)
+        if run is None or not may_act_on(actor, run.user) or path not in run.artifacts:
+            return missing
+        try:
+            root = safe_child(safe_child(self.settings.reports_dir, validate_user_id(run.user)), run.id)
+            handle, _size = workspace.open_file(root, path)  # no symlink followed, bounded in size
+        except LauncherError as exc:
+            if isinstance(exc, InvalidRequest | NotFound):
+                return missing
+            return message_page("Reports", exc.user_message, 413)
+        event(log, "console.report_download", user=shown_name(actor.name), run=run.id, path=path[:200])
+        name = quote(path.rsplit("/", 1)[-1], safe="")
+        headers = {"Content-Security-Policy": REPORT_CSP, "Cache-Control": "no-store"}
+        if path.endswith((".html", ".htm")):
+            media = "text/html; charset=utf-8"
+            headers["Content-Disposition"] = f"inline; filename*=UTF-8''{name}"
+        elif path.endswith(".json"):
+            media = "text/plain; charset=utf-8"
+            headers["Content-Disposition"] = f"inline; filename*=UTF-8''{name}"
+        else:
+            media = "application/octet-stream"
+            headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{name}"
 
         def chunks() -> Any:
             with handle:

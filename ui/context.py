@@ -21,6 +21,7 @@ from launcher.errors import LauncherError
 from launcher.logs import event
 from launcher.models import Actor, Permission
 from launcher.rbac import authorize
+from launcher.report_service import ReportService
 from launcher.service import LauncherService
 from launcher.settings import Settings
 from ui.auth import Resolved, resolve, shown_name
@@ -33,6 +34,15 @@ def get_service() -> LauncherService:
     """One service per console process, shared by every session and rerun (state lives in Redis)."""
     settings = Settings()
     return LauncherService(settings, SessionStore.from_settings(settings), CeleryDispatcher.from_settings(settings))
+
+
+@st.cache_resource
+def get_report_service() -> ReportService:
+    """One report service per console process, over the same settings and Redis store as ``get_service``."""
+    from launcher.bootstrap import build_report_service
+
+    service = get_service()
+    return build_report_service(service.settings, service.store)
 
 
 def request_cookies() -> Mapping[str, str]:

@@ -224,6 +224,7 @@ def _notebooks_live(service: LauncherService, fast: bool) -> None:
         return
     if view is not None:
         _last_session_note(service, actor, view)
+        _relaunch_exactly(service, actor, view)
         _workspace(view)
     _template_cards(service, actor)
     if view is not None:
@@ -280,6 +281,31 @@ def _last_session_note(service: LauncherService, actor: Actor, view: SessionView
         shown.pop(view.id, None)
         return
     box.button("Dismiss", key="dismiss-notice", on_click=lambda: (shown.pop(view.id, None), _told(view.id)))
+
+
+def _relaunch_exactly(service: LauncherService, actor: Actor, view: SessionView) -> None:
+    """An ended session with a complete record: start a new one on exactly what it ran on (LauncherService.relaunch)."""
+    record = view.record
+    if view.status.live or not record.get("image_id", "").startswith("sha256:") or not record.get("template_sha256"):
+        return
+    session: Session | None = _run(service.get, actor, view.id)
+    if session is None or not session.snapshot:
+        return
+    with st.container(key="relaunch-exactly"):
+        st.caption(
+            f"Your last notebook ({view.template.title}, {local(view.stopped_at, with_date=True)}) can be started "
+            f"again on exactly what it ran on: image {record['image_id'][7:19]}, data snapshot {session.snapshot}, "
+            "the same template version and profile."
+        )
+        st.button("Relaunch exactly", key="relaunch", on_click=_relaunch, args=(service, view.id))
+
+
+def _relaunch(service: LauncherService, session_id: str) -> None:
+    st.session_state["errors"] = []
+    st.session_state["errors-hold"] = True
+    session = _act(service, Permission.LAUNCH_NOTEBOOKS, "relaunch", session_id)
+    if session is not None:
+        st.session_state["launching"] = session.id
 
 
 def _workspace(view: SessionView) -> None:
