@@ -14,7 +14,14 @@ import time
 from datetime import timedelta
 from typing import Protocol
 
-from launcher.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, RuntimeUnavailable
+from launcher.errors import (
+    Conflict,
+    InvalidRequest,
+    LimitReached,
+    NotFound,
+    PermissionDenied,
+    RuntimeUnavailable,
+)
 from launcher.models import Actor, HostState, Permission, Role, utcnow
 from launcher.ports import ReportRepository, SessionRepository
 from launcher.rbac import authorize, may_act_on
@@ -116,6 +123,9 @@ class ReportService:
         }
 
     def _submit(self, run: ReportRun) -> ReportRun:
+        cap = self.settings.report_max_open_per_user
+        if sum(1 for r in self.store.open_runs() if r.user == run.user) >= cap:
+            raise LimitReached(f"{run.user} has {cap} report runs queued or running already: wait for one to end")
         run = self.store.create(run.model_copy(update={"host": self._host()}))
         self.store.audit("report_requested", run, actor=run.requested_by)
         try:
@@ -206,6 +216,9 @@ class ReportService:
         owner = self._owner(actor, user)
         declared = template_parameters(resolve_template(self.settings.templates_dir, template))
         seconds = parse_interval(every)
+        cap = self.settings.report_max_schedules_per_user
+        if len(self.store.schedules_for(owner)) >= cap:
+            raise LimitReached(f"{owner} has {cap} schedules already: remove one first")
         if seconds < self.settings.report_schedule_min_s:
             raise InvalidRequest(f"a schedule runs at most {describe_interval(self.settings.report_schedule_min_s)}")
         schedule = ReportSchedule(
@@ -252,7 +265,7 @@ class ReportService:
                     requested_by=f"schedule:{schedule.id}",
                     schedule=schedule.id,
                 )
-            except (InvalidRequest, RuntimeUnavailable) as exc:  # the template is gone, no host is up
+            except (InvalidRequest, LimitReached, RuntimeUnavailable) as exc:  # template gone, user busy, no host
                 self.sessions.record_event(
                     "report_schedule_failed",
                     user=schedule.user,
@@ -286,7 +299,7 @@ class ReportService:
         for run in chosen:
             try:
                 started.append(self.reproduce(system, run.id, requested_by="check"))
-            except (InvalidRequest, RuntimeUnavailable):
+            except (InvalidRequest, LimitReached, RuntimeUnavailable):
                 continue
         return started
 

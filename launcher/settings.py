@@ -161,6 +161,8 @@ class Settings(BaseSettings):
     report_schedule_min_s: float = Field(3600.0, gt=0)  # the shortest schedule interval a user may ask for
     report_schedule_tick_s: float = Field(30.0, gt=0)  # how often Beat starts the runs that are due
     report_keep_per_user: int = Field(200, ge=1)  # run records kept per user (older ones are pruned)
+    report_max_open_per_user: int = Field(5, ge=1)  # a user's runs queued or running at once
+    report_max_schedules_per_user: int = Field(10, ge=0)
     repro_check_interval_s: float = Field(24 * 3600.0, gt=0)  # how often past runs are re-run and compared
     repro_check_sample: int = Field(2, ge=0)  # how many past runs each check re-runs (0: none)
     # Workspace quotas (workers/quota.py): 0 switches them off.

@@ -289,3 +289,20 @@ def test_kept_runs_keep_the_images_and_snapshots_they_name(rsvc) -> None:
     rsvc.store.update(run.id, {ReportStatus.QUEUED}, status=ReportStatus.SUCCEEDED, record=record, snapshot="f" * 16)
     assert "sha256:" + "d" * 64 in images.referenced_by_records(rsvc.settings)
     assert "f" * 16 in snapshots._referenced_by_records(rsvc.settings)
+
+
+def test_a_user_has_at_most_so_many_open_runs_and_schedules(rsvc) -> None:
+    from launcher.errors import LimitReached
+
+    settings = rsvc.settings.model_copy(update={"report_max_open_per_user": 2, "report_max_schedules_per_user": 1})
+    svc = ReportService(settings, rsvc.store, rsvc.sessions, rsvc.dispatcher)
+    first = svc.run(ANN, "alpha_research")
+    svc.run(ANN, "alpha_research")
+    with pytest.raises(LimitReached, match="2 report runs queued or running"):
+        svc.run(ANN, "factor_analysis")
+    assert len(svc.runs(ANN)) == 2 and svc.run(BOB, "alpha_research")  # others are not held up
+    svc.store.update(first.id, {ReportStatus.QUEUED}, status=ReportStatus.FAILED)
+    svc.run(ANN, "alpha_research")  # one ended: room again
+    svc.add_schedule(ANN, "alpha_research", "1h")
+    with pytest.raises(LimitReached, match="1 schedules already"):
+        svc.add_schedule(ANN, "factor_analysis", "1d")
