@@ -162,7 +162,10 @@ class ReportService:
                 snapshot=snapshot,
                 reproduces=original.id,
                 requested_by=requested_by or actor.name,
-                **self._limits(),
+                profile=original.profile,
+                cpus=original.cpus,
+                mem_bytes=original.mem_bytes,
+                pids_limit=original.pids_limit,
             )
         )
 

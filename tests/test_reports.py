@@ -197,6 +197,7 @@ def test_reproduce_needs_a_succeeded_run_with_a_record_and_pins_it(rsvc) -> None
     again = rsvc.reproduce(ANN, run.id)
     assert (again.image, again.template_sha256, again.snapshot) == ("sha256:" + "a" * 64, "b" * 64, "c" * 16)
     assert again.params == {"seed": 5} and again.reproduces == run.id and again.user == "ann"
+    assert (again.profile, again.cpus, again.mem_bytes) == (run.profile, run.cpus, run.mem_bytes)
 
 
 def test_a_run_ends_once(rsvc) -> None:
