@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from datetime import UTC, datetime
 
 from launcher.bootstrap import build_report_service
@@ -17,6 +18,13 @@ from launcher.settings import Settings
 
 EXIT_FAILED = 8
 EXIT_DRIFT = 10
+# What a notebook wrote reaches an operator's terminal: no control character but newline and tab gets there
+# (escape sequences could retitle, rewrite lines, or write the clipboard).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def say(text: str) -> None:
+    print(_CONTROL.sub("?", text))
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -64,21 +72,21 @@ def row(run: ReportRun) -> str:
 
 
 def _details(run: ReportRun) -> None:
-    print(row(run))
-    print(f"  requested by {run.requested_by} at {run.created_at:%Y-%m-%d %H:%M:%S} on host {run.host or '-'}")
+    say(row(run))
+    say(f"  requested by {run.requested_by} at {run.created_at:%Y-%m-%d %H:%M:%S} on host {run.host or '-'}")
     if run.error:
-        print(f"  error: {run.error}")
+        say(f"  error: {run.error}")
     if run.cell_error is not None:
         cell = run.cell_error
-        print(f"  failing cell {cell.cell}: {cell.ename}: {cell.evalue}")
+        say(f"  failing cell {cell.cell}: {cell.ename}: {cell.evalue}")
         for line in cell.source.splitlines()[-8:]:
-            print(f"    | {line}")
+            say(f"    | {line}")
     for key, value in run.record.items():
-        print(f"  record {key}: {value}")
+        say(f"  record {key}: {value}")
     for path, sha in run.artifacts.items():
-        print(f"  artifact {path} sha256:{sha[:16]}")
+        say(f"  artifact {path} sha256:{sha[:16]}")
     if run.results:
-        print(f"  results: {', '.join(sorted(run.results))[:300]}")
+        say(f"  results: {', '.join(sorted(run.results))[:300]}")
     if run.drift is not None:
         _print_drift(run)
 
@@ -87,11 +95,11 @@ def _print_drift(run: ReportRun) -> None:
     drift = run.drift
     assert drift is not None
     verdict = "the same" if drift.same else "DRIFT"
-    print(f"  compared with {run.reproduces} (relative tolerance {drift.tolerance:g}): {verdict}")
+    say(f"  compared with {run.reproduces} (relative tolerance {drift.tolerance:g}): {verdict}")
     for line in drift.differences:
-        print(f"    differs: {line}")
+        say(f"    differs: {line}")
     for line in drift.environment:
-        print(f"    environment: {line}")
+        say(f"    environment: {line}")
 
 
 def _emit(run: ReportRun, as_json: bool) -> None:
@@ -127,24 +135,24 @@ def run(args: argparse.Namespace, settings: Settings, actor: Actor) -> int:
         if args.json:
             print(json.dumps([r.model_dump(mode="json") for r in runs], indent=2))
         else:
-            print("\n".join(row(r) for r in runs) or "no report runs")
+            say("\n".join(row(r) for r in runs) or "no report runs")
     elif command == "show":
         _emit(service.get(actor, args.run), args.json)
     elif command == "compare":
         differences = service.compare(actor, args.first, args.second)
-        print("\n".join(differences) or "the results are the same")
+        say("\n".join(differences) or "the results are the same")
         return 0 if not differences else EXIT_DRIFT
     elif command == "schedule":
         made = service.add_schedule(actor, args.template, args.every, parse_param_args(args.param), user=args.user)
-        print(f"{made.id}  {made.user} {made.template} {describe_interval(made.every_s)}")
+        say(f"{made.id}  {made.user} {made.template} {describe_interval(made.every_s)}")
     elif command == "schedules":
         for schedule, due in service.schedules(actor, everyone=True):
             when = datetime.fromtimestamp(due, UTC).strftime("%Y-%m-%d %H:%M:%S")
-            print(
+            say(
                 f"{schedule.id}  {schedule.user:<16} {schedule.template:<16} {describe_interval(schedule.every_s)}"
                 f"  next {when}  last run {schedule.last_run or '-'}"
             )
     elif command == "unschedule":
         service.remove_schedule(actor, args.schedule)
-        print(f"removed schedule {args.schedule}")
+        say(f"removed schedule {args.schedule}")
     return 0

@@ -128,7 +128,8 @@ def test_the_page_shows_a_failing_cell_a_drift_and_two_runs_side_by_side(redis_c
     assert (
         "/_nbl/reports/rrrrrrrrrrr1/notebook.html" in page and "/_nbl/reports/rrrrrrrrrrr1/output/results.json" in page
     )
-    assert any(b.key == f"reproduce-{ok.id}" for b in at.button) and SHA in page
+    escaped = SHA.replace(":", "\\\\:")  # the record table shows it as text (markdown-escaped)
+    assert any(b.key == f"reproduce-{ok.id}" for b in at.button) and escaped in page
     # Side by side (the two newest finished runs by default: the failed one and the reproduction).
     at.selectbox(key="compare-first").set_value(ok.id).run()
     at.selectbox(key="compare-second").set_value(drifted.id).run()
@@ -497,3 +498,30 @@ def test_relaunch_exactly_from_the_notebooks_page(redis_console) -> None:  # noq
     at = make(BOB, "researcher")
     at.switch_page("screens/notebooks.py").run()
     assert not [b for b in at.button if b.label == "Relaunch exactly"]
+
+
+def test_text_a_report_carries_is_shown_as_itself_not_as_markdown(redis_console) -> None:  # noqa: F811
+    """The attack from a researcher's parameters (found by review): a parameter value that is markdown (an image
+    beacon to an outside address, a phishing link, an autolink, a Streamlit colour) appears in the record and
+    the comparison tables an admin opens; it must be shown as text, not rendered."""
+    make = redis_console
+    store = ReportStore(make.store)
+    beacon = "![b](http://127.0.0.1:9977/beacon.png)"
+    phish = "[Your session expired - sign in again](http://127.0.0.1:9977/phish)"
+    record = {"image_id": SHA, "params": json.dumps({"run": beacon, "compare_run": phish})}
+    results = {"run": beacon, "auto": "http://2130706433:9977/x", "colour": ":red[alarm] :material/lock:"}
+    done = {"status": ReportStatus.SUCCEEDED, "record": record, "started_at": utcnow(), "finished_at": utcnow()}
+    store.create(_run("mmmmmmmmmmm1", results=results, **done))
+    store.create(_run("mmmmmmmmmmm2", results={"run": phish}, **done))
+    at = make(ADMIN, "admin")
+    at.switch_page("screens/reports.py").run()
+    assert not at.exception, at.exception
+    # Everything Streamlit renders as markdown: markdown, captions, alerts, and every cell of st.table.
+    shown_as_markdown = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    shown_as_markdown += [e.value for e in [*at.error, *at.warning, *at.success, *at.info]]
+    for table in at.table:
+        shown_as_markdown += [str(v) for v in table.value.to_numpy().ravel()] + [str(c) for c in table.value.columns]
+    text = "\n".join(shown_as_markdown)
+    assert "9977" in text  # the values are on the page, in the record and comparison tables...
+    for rendered in ("](http", "http://2130706433", ":red[", ":material/lock:"):  # ...but never as markdown
+        assert rendered not in text, rendered

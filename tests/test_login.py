@@ -137,9 +137,18 @@ def test_users_cli_revokes_logins_on_role_change_and_removal(redis_url, tmp_path
     assert logins.get(first) is None and logins.get(second) is None
     assert logins.get(other) is not None  # only that user's logins
     third = logins.create("dora", Role.VIEWER)
+    # A removed user's report schedules go with them (they would otherwise run on for ever); others' stay.
+    from launcher.adapters.redis_reports import ReportStore
+    from launcher.adapters.redis_store import SessionStore
+    from launcher.reports import ReportSchedule
+
+    reports = ReportStore(SessionStore(rclient(settings), settings))
+    reports.add_schedule(ReportSchedule(id="dddddddddddd", user="dora", template="t", every_s=3600), first_at=0)
+    reports.add_schedule(ReportSchedule(id="oooooooooooo", user="otto", template="t", every_s=3600), first_at=0)
     assert _users_cli(env, "remove", "--user", "dora").returncode == 0
     assert logins.get(third) is None
-    assert audit_actions(settings, "dora") == ["logout", "logout"]
+    assert reports.schedules_for("dora") == [] and [s.id for s, _ in reports.schedules_for("otto")] == ["oooooooooooo"]
+    assert audit_actions(settings, "dora") == ["logout", "logout", "report_unscheduled"]
 
 
 # -- logins and the cookie -------------------------------------------------------------------------

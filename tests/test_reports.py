@@ -3,6 +3,9 @@ against a real Redis: bad input is refused and records nothing, schedules start 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
 import time
 from datetime import timedelta
@@ -307,3 +310,47 @@ def test_a_user_has_at_most_so_many_open_runs_and_schedules(rsvc) -> None:
     svc.add_schedule(ANN, "alpha_research", "1h")
     with pytest.raises(LimitReached, match="1 schedules already"):
         svc.add_schedule(ANN, "factor_analysis", "1d")
+
+
+# -- what the worker reads from a run's folder (the run wrote it), found by review --------------------------
+def test_the_worker_reads_a_run_folder_within_bounds(tmp_path: Path) -> None:
+    from workers import reports as worker
+
+    out = tmp_path / "run"
+    (out / "output").mkdir(parents=True)
+    (out / "notebook.html").write_text("<html>")
+    (out / "big.bin").write_bytes(b"x" * 5000)
+    os.link(out / "big.bin", out / "again.bin")  # hard links: hashed never (each would be read again)
+    (out / "link").symlink_to("/etc/passwd")
+    found = worker.artifacts(out, budget=4096)
+    assert found == {"notebook.html": hashlib.sha256(b"<html>").hexdigest()}
+    # Results nested deeper than the limit are refused, without recursion.
+    deep: object = 1
+    for _ in range(300):
+        deep = [deep]
+    (out / "output" / "results.json").write_text(json.dumps({"x": deep}))
+    assert worker._results(out) == ({}, "output/results.json is nested more than 20 levels deep")
+    (out / "output" / "results.json").write_text('{"a": {"b": [1, 2]}}')
+    assert worker._results(out) == ({"a": {"b": [1, 2]}}, "")
+    # Space taken counts, not only the apparent size (fallocate, sparse files).
+    with open(out / "taken.bin", "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, 8 * 2**20)
+    assert worker.folder_size(out)[0] >= 8 * 2**20
+
+
+def test_one_unreadable_run_hides_only_itself(rsvc) -> None:
+    good = rsvc.run(ANN, "alpha_research")
+    bad = rsvc.run(ANN, "factor_analysis")
+    key = rsvc.store._k("report", bad.id)
+    rsvc.store.sessions.redis.set(key, '{"id": "broken"}')  # unreadable (as a record nested too deep would be)
+    assert [r.id for r in rsvc.runs(ANN)] == [good.id]
+    assert [r.id for r in rsvc.store.list_all()] == [good.id]
+
+
+def test_what_a_notebook_wrote_reaches_a_terminal_without_control_characters(capsys) -> None:
+    from launcher.report_cli import say
+
+    say("cell 3 raised \x1b]52;c;b3duZWQ=\x07Error\x1b[2K\x9b done\tok\n")
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "\x07" not in printed and "\x9b" not in printed
+    assert printed.startswith("cell 3 raised ?]52;c;b3duZWQ=?Error?[2K? done\tok")

@@ -84,7 +84,9 @@ OIDC_COOKIE = "nbl_oidc"
 OIDC_STATE_TTL_S = 600
 # Our own small pages: nothing but inline style. Streamlit's pages keep their scripts, but may not be framed.
 OWN_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; frame-ancestors 'none'"
-STREAMLIT_CSP = "frame-ancestors 'self'; base-uri 'self'; object-src 'none'"
+# Images only from the console itself (and data:/blob: URLs): text a user wrote cannot make a colleague's or an
+# admin's browser fetch an outside address (a beacon) even where it slips into markdown.
+STREAMLIT_CSP = "frame-ancestors 'self'; base-uri 'self'; object-src 'none'; img-src 'self' data: blob:"
 # A report's artifacts were written by a user's notebook: no script of theirs may run on the console's origin
 # (an admin opening a researcher's report would otherwise run it with the admin's login). ``sandbox`` gives the
 # page an opaque origin with scripts, forms, popups and plugins off; the rest allows only its inline styles and

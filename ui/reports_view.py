@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import string
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,7 +33,10 @@ from ui.format import ago
 ACTIVE_REFRESH = timedelta(seconds=1)  # while a run is queued or running
 IDLE_REFRESH = timedelta(seconds=10)
 ARTIFACT_ROUTE = "/_nbl/reports"
-_MARKDOWN_SPECIAL = "\\`*_{}[]<>()#+-.!|~"
+# Every ASCII punctuation character is escaped: markdown links, images and emphasis, but also autolinks
+# ("http://..."), e-mail links ("@"), entities ("&"), Streamlit's colours and icons (":red[...]", ":material/x:")
+# and its LaTeX ("$").
+_MARKDOWN_SPECIAL = string.punctuation
 
 # -- pure helpers (no Streamlit) ---------------------------------------------------------------------
 
@@ -43,8 +47,13 @@ def artifact_url(run_id: str, path: str) -> str:
 
 
 def plain(text: str) -> str:
-    """Text a notebook wrote, shown in markdown as itself (no links, no emphasis)."""
+    """Text a notebook or a parameter wrote, shown in markdown as itself (no links, images, emphasis, icons)."""
     return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in text)
+
+
+def plain_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Rows for ``st.table``, which renders every cell as markdown: each cell shown as itself."""
+    return [{plain(str(k)): plain(shown(v)) for k, v in row.items()} for row in rows]
 
 
 def shown(value: Any) -> str:
@@ -304,7 +313,7 @@ def _run_detail(service: LauncherService, reports: ReportService, run: ReportRun
         st.html(f'<ul class="nbl-artifacts" style="margin:0">{links}</ul>')
     if run.record:
         with st.expander("Record: what it ran on", expanded=False):
-            st.table([{"field": k, "value": v} for k, v in run.record.items()])
+            st.table(plain_rows([{"field": k, "value": v} for k, v in run.record.items()]))
 
 
 def _failure(run: ReportRun) -> None:
@@ -370,7 +379,7 @@ def _compare(reports: ReportService, actor: Actor, runs: list[ReportRun]) -> Non
                 st.warning(f"The results differ in {len(differences)} place(s) (compared exactly).")
             else:
                 st.success("The results are the same (compared exactly).")
-        st.table(compare_rows(by_id[first], by_id[second]))
+        st.table(plain_rows(compare_rows(by_id[first], by_id[second])))
 
 
 # -- schedules --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import sys
 import redis
 
 from launcher.adapters.redis_logins import LoginStore
+from launcher.adapters.redis_reports import ReportStore
 from launcher.adapters.redis_store import SessionStore
 from launcher.errors import LauncherError
 from launcher.models import Role
@@ -24,14 +25,21 @@ from launcher.settings import Settings
 from ui.auth import UserStore, shown_name
 
 
-def revoke_logins(settings: Settings, user: str, why: str) -> None:
-    """End every console login of ``user``; a warning, not a failure, when Redis cannot be reached."""
+def revoke_logins(settings: Settings, user: str, why: str, *, schedules: bool = False) -> None:
+    """End every console login of ``user`` (and with ``schedules``, their report schedules: a removed user's reports
+    do not go on running); a warning, not a failure, when Redis cannot be reached."""
     try:
         store = SessionStore.from_settings(settings)
         ended = LoginStore(store.redis, settings).revoke_user(user)
         if ended:
             store.record_event("logout", user=user, actor="ui.users", reason=why, detail=f"{ended} login(s) ended")
             print(f"{user}: {ended} console login(s) ended")
+        if schedules:
+            reports = ReportStore(store)
+            for schedule, _ in reports.schedules_for(user):
+                reports.remove_schedule(schedule)
+                store.record_event("report_unscheduled", user=user, actor="ui.users", reason=why, detail=schedule.id)
+                print(f"{user}: report schedule {schedule.id} removed")
     except (redis.RedisError, LauncherError, RuntimeError) as exc:  # RuntimeError: a Redis secret is missing
         print(
             f"warning: could not end {shown_name(user)}'s console logins in Redis ({type(exc).__name__}); "
@@ -67,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             if not store.remove(args.user):
                 print(f"error: no user {shown_name(args.user)}", file=sys.stderr)
                 return 6
-            revoke_logins(settings, args.user, "user_removed")
+            revoke_logins(settings, args.user, "user_removed", schedules=True)
         else:
             for name, role in store.roles().items():
                 print(f"{name}\t{role.value}")

@@ -71,13 +71,15 @@ def _prepare(settings: Settings, run: ReportRun, template: Path) -> tuple[Path, 
     (out / "output").mkdir(mode=0o700, exist_ok=True)
     for path in (out, out / "output"):
         hostfs.own(path, settings.notebook_uid, settings.notebook_gid)
+    # The inputs: root's, readable by the notebook's group only (no other host account reads a run's parameters).
     inputs = hostfs.session_rundir(settings, run.id).with_name(f"report-{run.id}")
-    inputs.mkdir(mode=0o755, parents=True, exist_ok=True)
+    inputs.mkdir(mode=0o750, parents=True, exist_ok=True)
     shutil.copyfile(template, inputs / "template.ipynb", follow_symlinks=False)
     params = dict(run.params) | {"data_root": "/data", "output_dir": "/home/jovyan/work/output"}
     (inputs / "params.json").write_text(json.dumps(params))
-    for name in ("template.ipynb", "params.json"):
-        os.chmod(inputs / name, 0o444)
+    for path, mode in ((inputs, 0o750), (inputs / "template.ipynb", 0o440), (inputs / "params.json", 0o440)):
+        hostfs.own(path, 0, settings.notebook_gid)
+        os.chmod(path, mode)
     return out, inputs
 
 
@@ -133,26 +135,62 @@ def folder_size(folder: Path, most: int = MAX_FOLDER_ENTRIES) -> tuple[int, int]
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
                     elif entry.is_file(follow_symlinks=False):
-                        total += entry.stat(follow_symlinks=False).st_size
+                        st = entry.stat(follow_symlinks=False)  # space taken (fallocate) or claimed (sparse)
+                        total += max(st.st_size, st.st_blocks * 512)
         except OSError:
             continue
     return total, seen
 
 
-def artifacts(folder: Path) -> dict[str, str]:
-    """Every regular file the run left (relative path -> sha256), at most ``MAX_ARTIFACTS``, no symlinks."""
+def artifacts(folder: Path, budget: int) -> dict[str, str]:
+    """The regular files the run left (relative path -> sha256): at most ``MAX_ARTIFACTS`` hashed, ``budget`` bytes
+    read and ``MAX_FOLDER_ENTRIES`` entries looked at, breadth first; never through a symlink, never a file with
+    more than one link (a hard-linked file would be hashed again and again)."""
     found: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if len(found) >= MAX_ARTIFACTS or path.is_symlink() or not path.is_file():
-                continue
+    queue: list[tuple[Path, str]] = [(folder, "")]
+    seen = 0
+    while queue and len(found) < MAX_ARTIFACTS and seen < MAX_FOLDER_ENTRIES:
+        here, prefix = queue.pop(0)
+        try:
+            with os.scandir(here) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            seen += 1
+            if seen > MAX_FOLDER_ENTRIES or len(found) >= MAX_ARTIFACTS:
+                break
             try:
-                found[path.relative_to(folder).as_posix()] = sha256_file(path)
+                st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
+            if stat.S_ISDIR(st.st_mode) and prefix.count("/") < 8:
+                queue.append((Path(entry.path), f"{prefix}{entry.name}/"))
+            elif stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size <= budget:
+                try:
+                    found[prefix + entry.name] = sha256_file(Path(entry.path), limit=budget)
+                except OSError:
+                    continue
+                budget -= st.st_size
     return found
+
+
+MAX_RESULTS_DEPTH = 20
+
+
+def _depth(value: Any) -> int:
+    """How deeply nested a parsed JSON value is (iteratively: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_RESULTS_DEPTH:
+            break
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
 
 
 def _results(out: Path) -> tuple[dict[str, Any], str]:
@@ -161,9 +199,13 @@ def _results(out: Path) -> tuple[dict[str, Any], str]:
         return {}, ""
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}, f"{RESULTS} is not JSON"
-    return (data, "") if isinstance(data, dict) else ({}, f"{RESULTS} is not a JSON object")
+    if not isinstance(data, dict):
+        return {}, f"{RESULTS} is not a JSON object"
+    if _depth(data) > MAX_RESULTS_DEPTH:
+        return {}, f"{RESULTS} is nested more than {MAX_RESULTS_DEPTH} levels deep"
+    return data, ""
 
 
 def _cell_error(out: Path) -> CellError | None:
@@ -234,21 +276,13 @@ def _execute(ctx: WorkerContext, reports: ReportStore, run: ReportRun) -> Report
         record["params"] = json.dumps(run.params, sort_keys=True)
         changes.update(record=record, snapshot=snapshot, template_sha256=template_sha)
         code, why = _wait(ctx, name, out)
-        results, results_problem = _results(out)
-        changes.update(results=results, artifacts=artifacts(out))
-        if code == 0 and not why:
-            changes["status"] = ReportStatus.SUCCEEDED
-            if results_problem:
-                changes.update(status=ReportStatus.FAILED, error=results_problem)
+        results: dict[str, Any] = {}
+        if why:  # stopped (too long, too large): what it left is not read
+            changes.update(status=ReportStatus.FAILED, error=why)
         else:
-            cell = _cell_error(out) if code == 1 else None
-            if not why:
-                why = (
-                    f"cell {cell.cell} raised {cell.ename}"
-                    if cell
-                    else f"the runner exited with status {code}: {_tail(ctx, name)}"
-                )
-            changes.update(status=ReportStatus.FAILED, error=why, cell_error=cell)
+            results, problem = _results(out)
+            changes.update(results=results, artifacts=artifacts(out, parse_size(settings.report_output_max)))
+            changes.update(_outcome(ctx, name, out, code, problem))
         # A reproduction is compared with its original; the template's tolerance decides what is "the same".
         if run.reproduces:
             original = reports.get(run.reproduces)
@@ -264,6 +298,14 @@ def _execute(ctx: WorkerContext, reports: ReportStore, run: ReportRun) -> Report
     except LauncherError as exc:
         changes.update(status=ReportStatus.FAILED, error=exc.user_message)
         event(log, "report.failed", level=logging.WARNING, run_id=run.id, error=exc.log_message)
+    except Exception as exc:  # a bug, or something the run left that was not foreseen: the run still ends
+        log.exception("report.crashed run_id=%s", run.id)
+        changes = {
+            "status": ReportStatus.FAILED,
+            "error": "the run could not be recorded (internal error)",
+            "record": changes.get("record", {}),
+        }
+        event(log, "report.failed", level=logging.WARNING, run_id=run.id, error=repr(exc)[:300])
     finally:
         try:
             ctx.runtime.stop(name, timeout=0)
@@ -309,6 +351,17 @@ def _keep_record(ctx: WorkerContext, reports: ReportStore, run: ReportRun, chang
     except (OSError, LauncherError) as exc:
         event(log, "report.record_not_written", level=logging.WARNING, run_id=run.id, error=repr(exc)[:200])
     reports.audit("report_provenance", run, actor=ctx.settings.host_name, detail=json.dumps(changes["record"]))
+
+
+def _outcome(ctx: WorkerContext, name: str, out: Path, code: int | None, problem: str) -> dict[str, Any]:
+    """How a run that ended by itself went: succeeded, or failed with the failing cell or the runner's last line."""
+    if code == 0:
+        return {"status": ReportStatus.FAILED, "error": problem} if problem else {"status": ReportStatus.SUCCEEDED}
+    cell = _cell_error(out) if code == 1 else None
+    why = (
+        f"cell {cell.cell} raised {cell.ename}" if cell else f"the runner exited with status {code}: {_tail(ctx, name)}"
+    )
+    return {"status": ReportStatus.FAILED, "error": why, "cell_error": cell}
 
 
 def _tail(ctx: WorkerContext, name: str) -> str:

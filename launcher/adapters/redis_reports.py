@@ -15,6 +15,7 @@ Redis errors become ``RuntimeUnavailable`` (the session store's translation).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -24,6 +25,8 @@ import redis
 from launcher.adapters.redis_store import SessionStore, _redis_errors
 from launcher.errors import Conflict, NotFound
 from launcher.reports import ReportRun, ReportSchedule, ReportStatus
+
+log = logging.getLogger("launcher.reports")
 
 _TAKE_DUE = """
 -- KEYS: 1 schedules zset   ARGV: 1 now epoch, 2 key prefix, 3 most to take
@@ -133,7 +136,15 @@ class ReportStore:
             return []
         with _redis_errors():
             raws = self._r.mget([self._k("report", i) for i in ids])
-        return [ReportRun.from_storage(raw) for raw in raws if raw]
+        runs = []
+        for run_id, raw in zip(ids, raws, strict=True):
+            if not raw:
+                continue
+            try:
+                runs.append(ReportRun.from_storage(raw))
+            except ValueError as exc:  # unreadable (pydantic's ValidationError): one bad record hides only itself
+                log.warning("report.unreadable run_id=%s error=%s", run_id[:20], str(exc)[:200])
+        return runs
 
     def list_for(self, user: str, limit: int = 100) -> list[ReportRun]:
         """The user's runs, newest first."""
