@@ -249,7 +249,7 @@ def _runs_live(service: LauncherService, reports: ReportService, everyone: bool,
     if not runs:
         st.caption("No report runs yet: run a template above.")
         return
-    st.dataframe(run_rows(runs, everyone), hide_index=True, use_container_width=True)
+    st.dataframe(run_rows(runs, everyone), hide_index=True, width="stretch")
     _details(service, reports, runs)
 
 
