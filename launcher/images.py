@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import re
+import shutil
 import sys
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 REPOSITORY = "launcher-notebook"
@@ -172,6 +174,23 @@ def prune_images(
     return done
 
 
+def prune_host_copies(folders: Iterable[Path], image_ids: Collection[str]) -> list[Path]:
+    """Remove the per-image host copies (``workers.labstatic``, ``workers.pyprefix``: folders named by the first 16
+    hex of an image ID) whose image the engine no longer has; the folders removed. Hidden entries (a copy in
+    progress, the lock) stay."""
+    keys = {_bare_id(i)[:16] for i in image_ids}
+    removed = []
+    for base in folders:
+        if not base.is_dir():
+            continue
+        for entry in sorted(base.iterdir()):
+            copy = re.fullmatch(r"[0-9a-f]{16}", entry.name) and entry.is_dir() and not entry.is_symlink()
+            if copy and entry.name not in keys:
+                shutil.rmtree(entry)
+                removed.append(entry)
+    return removed
+
+
 def _docker_client() -> ImageClient:
     import docker  # this module is also a process entry point (``python -m launcher.images``)
 
@@ -239,6 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = ("not removed" if d.error else verb) if d.remove else "kept"
         line = f"{what}: {' '.join(d.tags)} ({_bare_id(d.image.id)[:12]}, {d.image.created:%Y-%m-%d}): {d.reason}"
         print(line + (f": {d.error}" if d.error else ""))
+    if not args.dry_run:
+        copies = (settings.lab_static_dir, settings.python_prefix_dir)
+        for folder in prune_host_copies(copies, [i.id for i in list_images(_docker_client())]):
+            print(f"removed the host copy {folder} (its image is gone)")
     failed = sum(bool(d.error) for d in decisions)
     removed = sum(d.remove for d in decisions) - failed
     summary = "to remove (dry run)" if args.dry_run else "removed"

@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     # origin (static.<notebook domain>), so a browser downloads them once per image, not once per session.
     shared_lab_static: bool = True
     lab_static_dir: Path = REPO_ROOT / "var" / "lab-static"
+    # The image's Python packages, copied out of each notebook image once and bound read-only into its containers:
+    # no FUSE storage driver between Jupyter's imports and the files (workers/pyprefix.py).
+    python_prefix_bind: bool = True
+    python_prefix_dir: Path = REPO_ROOT / "var" / "python-prefix"
     image_retention_days: float = Field(30.0, ge=0)  # python -m launcher.images prune keeps younger images
     data_dir: Path = REPO_ROOT / "var" / "data"  # the data root: snapshots/<id>/, current (launcher.snapshots)
     snapshot_keep_recent: int = Field(3, ge=0)  # python -m launcher.snapshots prune keeps this many newest

@@ -16,6 +16,7 @@ from launcher.settings import Settings
 LABEL_PREFIX = "io.nblauncher"
 SOCKET_DIR = "/run/nb"  # the session's sock/ folder: writable by the notebook only until Jupyter answers
 JUPYTER_SOCKET = f"{SOCKET_DIR}/jupyter.sock"
+IMAGE_PACKAGES = "/usr/local/lib/python3.11/dist-packages"  # the image's Python packages (workers/pyprefix.py)
 SECRET_DIR = "/run/nbl"  # noqa: S105 - a path. The session's secret/ folder, read-only: the secret the entry point adds
 AUTH_FILE = f"{SECRET_DIR}/auth"
 WORKSPACE_MOUNT = "/home/jovyan/work"
@@ -75,6 +76,7 @@ def build_container_spec(
     rundir: Path,
     data: Path | None = None,
     static_url: str = "",
+    python_prefix: Path | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``docker.containers.create`` for this session's notebook.
 
@@ -82,9 +84,11 @@ def build_container_spec(
     holds Jupyter's socket, its ``secret/`` the secret the entry point adds to every request.
     ``data`` is the host folder of the session's data snapshot (``launcher.snapshots.resolve``), mounted
     read-only at /data; without it the data root itself (the layout from before snapshots).
+    ``python_prefix``: the host copy of this image's Python packages (``workers.pyprefix``), bound read-only
+    over the image's own; without it the image's.
     """
     mem = session.mem_bytes
-    return {
+    spec = {
         "image": session.image or settings.notebook_image,
         "name": container_name(settings, session.id),
         "command": jupyter_command(static_url),
@@ -129,6 +133,13 @@ def build_container_spec(
         "restart_policy": {"Name": "no"},
         "stop_signal": "SIGTERM",
     }
+    return _with_prefix(spec, python_prefix)
+
+
+def _with_prefix(spec: dict[str, Any], python_prefix: Path | None) -> dict[str, Any]:
+    if python_prefix is not None:
+        spec["volumes"][str(python_prefix)] = {"bind": IMAGE_PACKAGES, "mode": "ro"}
+    return spec
 
 
 # -- report runs (workers/reports.py) ---------------------------------------------------------------------
@@ -143,14 +154,20 @@ def report_container_name(settings: Settings, run_id: str) -> str:
 
 
 def build_report_spec(
-    run: ReportRun, settings: Settings, *, output: Path, inputs: Path, data: Path | None = None
+    run: ReportRun,
+    settings: Settings,
+    *,
+    output: Path,
+    inputs: Path,
+    data: Path | None = None,
+    python_prefix: Path | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``docker.containers.create`` for a report run: the session's runtime (image, user,
     read-only root, no network, no capabilities, the profile's limits, data read-only) with the papermill runner
     (``docker/notebook/nbl_report.py``) instead of Jupyter, the run's folder as its only writable place, and no
     secret (nothing connects to it)."""
     mem = run.mem_bytes
-    return {
+    spec = {
         "image": run.image or settings.notebook_image,
         "name": report_container_name(settings, run.id),
         "command": [
@@ -206,3 +223,4 @@ def build_report_spec(
         "init": False,
         "restart_policy": {"Name": "no"},
     }
+    return _with_prefix(spec, python_prefix)

@@ -72,6 +72,8 @@ def unit_settings(tmp_path: Path) -> Settings:
         template_store_dir=tmp_path / "template-store",
         reports_dir=tmp_path / "reports",
         lab_static_dir=tmp_path / "lab-static",
+        python_prefix_bind=False,
+        python_prefix_dir=tmp_path / "python-prefix",
         cookie_secret=secrets.token_urlsafe(32),
         flower_password=secrets.token_urlsafe(16),
     )

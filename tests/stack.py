@@ -305,6 +305,8 @@ def start_stack(
         "template_store_dir": base / "template-store",
         "reports_dir": base / "reports",
         "lab_static_dir": base / "lab-static",
+        "python_prefix_bind": False,  # a 1.1 GB copy per stack: only tests/test_python_prefix.py asks for it
+        "python_prefix_dir": base / "python-prefix",
         "start_timeout_s": 90,
         "stop_timeout_s": 2,
         "broker_visibility_timeout_s": 30,

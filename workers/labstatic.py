@@ -75,17 +75,25 @@ class _Stream(io.RawIOBase):
         return n
 
 
-def extract(chunks: Iterator[bytes], dest: Path, top: str = "static") -> int:
+def extract(
+    chunks: Iterator[bytes],
+    dest: Path,
+    top: str = "static",
+    *,
+    max_bytes: int = MAX_BYTES,
+    max_entries: int = MAX_ENTRIES,
+) -> int:
     """Extract the tar stream of folder ``top`` into ``dest`` (which must not exist); the bytes written.
 
-    Refuses (``ValueError``) anything but regular files and folders below ``top``, and more than the bounds."""
+    Refuses (``ValueError``) anything but regular files and folders below ``top``, and more than the bounds. Files
+    are 0644, or 0755 where the image has an execute bit; folders 0755; everything the extracting user's."""
     dest.mkdir(mode=0o755)
     written = entries = 0
     with tarfile.open(fileobj=io.BufferedReader(_Stream(chunks)), mode="r|") as archive:
         for member in archive:
             entries += 1
-            if entries > MAX_ENTRIES:
-                raise ValueError(f"more than {MAX_ENTRIES} entries")
+            if entries > max_entries:
+                raise ValueError(f"more than {max_entries} entries")
             parts = member.name.split("/")
             if parts[0] != top or any(p in ("", ".", "..") for p in parts[1:]) or "\0" in member.name:
                 raise ValueError(f"unexpected name {member.name[:80]!r}")
@@ -96,11 +104,12 @@ def extract(chunks: Iterator[bytes], dest: Path, top: str = "static") -> int:
             if not member.isreg():
                 raise ValueError(f"not a regular file: {member.name[:80]!r}")
             written += member.size
-            if written > MAX_BYTES:
-                raise ValueError(f"more than {MAX_BYTES} bytes")
+            if written > max_bytes:
+                raise ValueError(f"more than {max_bytes} bytes")
             source = archive.extractfile(member)
             assert source is not None
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            mode = 0o755 if member.mode & 0o111 else 0o644
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
             with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(source, out)
     return written

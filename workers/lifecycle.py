@@ -41,7 +41,7 @@ from launcher.transitions import (
     RecordProvenance,
     SetPhase,
 )
-from workers import hostfs, labstatic, provenance, quota
+from workers import hostfs, labstatic, provenance, pyprefix, quota
 
 log = logging.getLogger("launcher.worker")
 T = TypeVar("T")
@@ -205,9 +205,15 @@ def _start(ctx: WorkerContext, session_id: str) -> Session | None:
                 timings["claim"] = time.monotonic() - t0
             else:
                 rundir = hostfs.prepare_rundir(ctx.settings, session_id, session.token.get_secret_value())
-                shared = labstatic.ensure(ctx.settings, ctx.runtime, session.image or ctx.settings.notebook_image)
+                image = session.image or ctx.settings.notebook_image
                 spec = build_container_spec(
-                    session, ctx.settings, workspace=workspace, rundir=rundir, data=data, static_url=shared
+                    session,
+                    ctx.settings,
+                    workspace=workspace,
+                    rundir=rundir,
+                    data=data,
+                    static_url=labstatic.ensure(ctx.settings, ctx.runtime, image),
+                    python_prefix=pyprefix.ready(ctx.settings, ctx.runtime, image),
                 )
                 timings["prepare"] = time.monotonic() - t0
                 handle = retrying(lambda: ctx.runtime.start(spec), until, "start")

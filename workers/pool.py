@@ -40,7 +40,7 @@ from launcher.logs import event
 from launcher.models import HostState, Session
 from launcher.settings import Settings
 from launcher.spec import LABEL_PREFIX, WORKSPACE_MOUNT, build_container_spec, container_name
-from workers import hostfs, labstatic, mounts
+from workers import hostfs, labstatic, mounts, pyprefix
 from workers.lifecycle import WorkerContext
 
 log = logging.getLogger("launcher.worker")
@@ -67,6 +67,7 @@ def build_pool_spec(
     rundir: Path,
     data: Path | None = None,
     static_url: str = "",
+    python_prefix: Path | None = None,
 ) -> dict[str, Any]:
     """A session's container spec (``launcher.spec.build_container_spec``) for no session: no identity, the slot
     bound with ``rslave`` propagation at the workspace path, the pool's name and labels, a low CPU weight."""
@@ -82,7 +83,15 @@ def build_pool_spec(
         pids_limit=p.pids_limit,
         token=SecretStr(""),
     )
-    spec = build_container_spec(stand_in, settings, workspace=slot_dir, rundir=rundir, data=data, static_url=static_url)
+    spec = build_container_spec(
+        stand_in,
+        settings,
+        workspace=slot_dir,
+        rundir=rundir,
+        data=data,
+        static_url=static_url,
+        python_prefix=python_prefix,
+    )
     del spec["volumes"][str(slot_dir)]
     del spec["environment"]["USER_ID"]
     spec.update(
@@ -146,7 +155,17 @@ def boot(ctx: WorkerContext, profile: str) -> str | None:
         slot_dir = mounts.make_slot(settings, slot)
         rundir = hostfs.prepare_rundir(settings, slot, secret)
         shared = labstatic.ensure(settings, ctx.runtime, settings.notebook_image)
-        spec = build_pool_spec(settings, profile, slot, slot_dir=slot_dir, rundir=rundir, data=data, static_url=shared)
+        prefix = pyprefix.ready(settings, ctx.runtime, settings.notebook_image)
+        spec = build_pool_spec(
+            settings,
+            profile,
+            slot,
+            slot_dir=slot_dir,
+            rundir=rundir,
+            data=data,
+            static_url=shared,
+            python_prefix=prefix,
+        )
         handle = ctx.runtime.start(spec)
         wait_ready(
             hostfs.socket_path(settings, slot),

@@ -32,7 +32,7 @@ from launcher.reports import CellError, ReportRun, ReportStatus, compare_runs, t
 from launcher.settings import Settings, parse_size
 from launcher.spec import REPORT_LABEL, build_report_spec, report_container_name
 from launcher.validation import resolve_template, safe_child, validate_user_id
-from workers import hostfs
+from workers import hostfs, pyprefix
 from workers.lifecycle import WorkerContext
 from workers.provenance import record_json
 
@@ -260,7 +260,9 @@ def _execute(ctx: WorkerContext, reports: ReportStore, run: ReportRun) -> Report
         snapshot, data = snapshots.resolve(settings.data_dir, run.snapshot)
         template, template_sha = _template(ctx, run)
         out, inputs = _prepare(settings, run, template)
-        ctx.runtime.start(build_report_spec(run, settings, output=out, inputs=inputs, data=data))
+        prefix = pyprefix.ready(settings, ctx.runtime, run.image or settings.notebook_image)
+        spec = build_report_spec(run, settings, output=out, inputs=inputs, data=data, python_prefix=prefix)
+        ctx.runtime.start(spec)
         image_id, labels = ctx.runtime.image_of(name)
         record = build_record(
             run,
