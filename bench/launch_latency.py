@@ -1,8 +1,10 @@
 """Benchmark: click-to-ready latency, concurrent launches, stop latency, idle session memory; cold and warm.
 
-    python bench/launch_latency.py [--launches 20] [--concurrent 5] [--pool 2] [--modes cold,warm]
+    python bench/launch_latency.py [--launches 20] [--concurrent 5] [--pool 2] [--modes cold-image,cold,warm]
 
 "cold" runs with no warm pool; "warm" with a pool of ``--pool`` standard containers (the product's default is 2),
+both with the image's Python packages bound from a host copy as the product does (``workers/pyprefix.py``, copied
+once per run before measuring); "cold-image" with no pool and the packages read from the image's own layers.
 waiting before each sequential launch until the pool is full again (a person's pace), and measures the memory of
 an idle pool container too.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -27,8 +30,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from launcher.models import Actor, SessionStatus  # noqa: E402
+from tests.helpers import wait_for  # noqa: E402
 from tests.stack import docker_client, start_redis, start_stack  # noqa: E402
 from tests.web import opened  # noqa: E402
+from workers import pyprefix  # noqa: E402
 
 OPERATOR = Actor.operator("bench")
 
@@ -113,25 +118,40 @@ def main() -> None:
     ap.add_argument("--launches", type=int, default=20)
     ap.add_argument("--concurrent", type=int, default=5)
     ap.add_argument("--pool", type=int, default=2)
-    ap.add_argument("--modes", default="cold,warm")
+    ap.add_argument("--modes", default="cold-image,cold,warm")
     args = ap.parse_args()
-    for mode in args.modes.split(","):
-        print(f"== {mode} ==", flush=True)
-        run(args, pool=args.pool if mode == "warm" else 0)
+    prefix = Path(tempfile.mkdtemp(prefix="nbl-bench-prefix-", dir="/tmp"))  # one copy for every mode of this run
+    prefix.chmod(0o755)
+    try:
+        for mode in args.modes.split(","):
+            print(f"== {mode} ==", flush=True)
+            run(args, pool=args.pool if mode == "warm" else 0, prefix=None if mode == "cold-image" else prefix)
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
 
 
-def run(args: argparse.Namespace, pool: int) -> None:
+def run(args: argparse.Namespace, pool: int, prefix: Path | None) -> None:
     work = Path(tempfile.mkdtemp(prefix="nbl-bench-", dir="/tmp"))
     work.chmod(0o755)
     redis_proc, redis_url = start_redis(work)
     sizes = {"standard": pool} if pool else {}
     # The product's stop grace (LAUNCHER_STOP_TIMEOUT_S, 0: killed at once), not the test stacks' 2 s.
     stack = start_stack(
-        work / "stack", redis_url, docker_client(), mem_limit="2g", cpus=2.0, pool_sizes=sizes, stop_timeout_s=0
+        work / "stack",
+        redis_url,
+        docker_client(),
+        mem_limit="2g",
+        cpus=2.0,
+        pool_sizes=sizes,
+        stop_timeout_s=0,
+        python_prefix_bind=prefix is not None,
+        python_prefix_dir=prefix or work / "python-prefix",
     )
     results: dict[str, object] = {}
     try:
         ready, stops = [], []
+        if prefix is not None:  # the worker copies at its start; measure what the product runs once it is done
+            wait_for(lambda: any(prefix.glob(f"*/{pyprefix.DONE}")), 600, "the copy of the image's packages")
         if pool:
             wait_pool(stack, pool)
             time.sleep(3)
@@ -204,7 +224,8 @@ def run(args: argparse.Namespace, pool: int) -> None:
         print(f"idle pool container: PSS {pm['pss_mib']:.1f} MiB over {pm['processes']} processes")
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
-    (out / f"launch-{'warm' if pool else 'cold'}.json").write_text(json.dumps(results, indent=2))
+    mode = "warm" if pool else "cold" if prefix is not None else "cold-image"
+    (out / f"launch-{mode}.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -45,8 +45,8 @@ shift || true
 case $cmd in
   up)
     scripts/build-images.sh --app
-    mkdir -p "$LAUNCHER_STATE"/{data,workspaces,sessions,console,template-store,reports,lab-static}
-    chmod 755 "$LAUNCHER_STATE"/{template-store,lab-static}; chmod 711 "$LAUNCHER_STATE/reports"
+    mkdir -p "$LAUNCHER_STATE"/{data,workspaces,sessions,console,template-store,reports,lab-static,python-prefix}
+    chmod 755 "$LAUNCHER_STATE"/{template-store,lab-static,python-prefix}; chmod 711 "$LAUNCHER_STATE/reports"
     chmod 755 "$LAUNCHER_STATE"; chmod 711 "$LAUNCHER_STATE"/{workspaces,sessions}
     # The console's own folder (the users file): its uid only.
     chown "$LAUNCHER_SERVICE_UID:$LAUNCHER_SERVICE_UID" "$LAUNCHER_STATE/console"

@@ -60,7 +60,12 @@ def test_a_session_imports_from_the_read_only_host_copy(workdir: Path, redis_url
         assert not list(st.settings.python_prefix_dir.glob(".*.tmp"))
         info = folder.stat()
         assert info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        assert (folder / "jupyterlab" / "__init__.py").is_file()
+        # The image's modification times are kept: compiled bytecode is valid only for its source's mtime (without
+        # them every import recompiled its module, in a read-only folder, at every start: slower than before).
+        source = folder / "jupyterlab" / "__init__.py"
+        header = (folder / "jupyterlab" / "__pycache__" / "__init__.cpython-311.pyc").read_bytes()[:16]
+        assert int.from_bytes(header[4:8], "little") == 0  # a timestamp-checked pyc
+        assert int.from_bytes(header[8:12], "little") == int(source.stat().st_mtime)
 
         user = st.actor("prefix-ann")
         session = st.service.wait(user, st.service.launch(user, "alpha_research").id, {SessionStatus.RUNNING}, 120)

@@ -86,7 +86,8 @@ def extract(
     """Extract the tar stream of folder ``top`` into ``dest`` (which must not exist); the bytes written.
 
     Refuses (``ValueError``) anything but regular files and folders below ``top``, and more than the bounds. Files
-    are 0644, or 0755 where the image has an execute bit; folders 0755; everything the extracting user's."""
+    are 0644, or 0755 where the image has an execute bit, with the image's modification time (compiled bytecode
+    checks its source's); folders 0755; everything the extracting user's."""
     dest.mkdir(mode=0o755)
     written = entries = 0
     with tarfile.open(fileobj=io.BufferedReader(_Stream(chunks)), mode="r|") as archive:
@@ -112,6 +113,9 @@ def extract(
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
             with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(source, out)
+                out.flush()  # before the time is set: a later write would set it to now
+                # The image's modification time: Python's cached bytecode is valid only for its source's mtime.
+                os.utime(out.fileno(), (member.mtime, member.mtime))
     return written
 
 
