@@ -71,6 +71,8 @@ def ready(settings: Settings, runtime: Runtime, image: str, *, background: bool 
 
 
 def _copy_then_forget(settings: Settings, runtime: Runtime, image: str, key: str) -> None:
+    with contextlib.suppress(OSError):  # this thread only (Linux): launches on this host go first
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     try:
         copy(settings, runtime, image, key)
     finally:
