@@ -33,7 +33,9 @@ from launcher.models import Actor, SessionStatus  # noqa: E402
 from tests.helpers import wait_for  # noqa: E402
 from tests.stack import docker_client, start_redis, start_stack  # noqa: E402
 from tests.web import opened  # noqa: E402
+from workers import pool as pool_mod  # noqa: E402
 from workers import pyprefix  # noqa: E402
+from workers.lifecycle import WorkerContext  # noqa: E402
 
 OPERATOR = Actor.operator("bench")
 
@@ -202,6 +204,9 @@ def run(args: argparse.Namespace, pool: int, prefix: Path | None) -> None:
             stop_and_time(stack, user, sid)
     finally:
         stack.stop_everything()
+        stack.worker.stop()  # its pool keeper first: nothing boots while the pool is taken down
+        for slot in list(stack.store.pool_slots(stack.settings.host_name)):
+            pool_mod.destroy(WorkerContext(stack.settings, stack.store, stack.runtime), slot)
         stack.shutdown()
         redis_proc.stop()
     r = results
