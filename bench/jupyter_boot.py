@@ -65,8 +65,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="nbl-boot-", dir="/tmp"))
     work.chmod(0o755)
     try:
-        settings = Settings.of_checkout().model_copy(update={"python_prefix_dir": work})
-        copy = pyprefix.copy(settings, DockerRuntime(), args.image, "bench")
+        copy = pyprefix.copy(DockerRuntime(), args.image, work / "packages")
         if copy is None:
             sys.exit("the copy of the image's packages failed")
         client = docker.from_env()

@@ -11,11 +11,12 @@ for every user: nothing secret, no cookie, no authorization. A copy that fails l
 
 The copy is the image's tar stream of one folder, extracted with checks: regular files and folders only, no
 name that leaves the folder, at most ``MAX_BYTES`` and ``MAX_ENTRIES``, into a temporary folder renamed into
-place, so a half-copied folder is never served.
+place, so a half-copied folder is never served (``copy_once``, which ``workers.pyprefix`` uses too).
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
 import logging
 import os
@@ -25,7 +26,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from launcher.errors import LauncherError
@@ -37,7 +38,6 @@ log = logging.getLogger("launcher.worker")
 LAB_STATIC = "/usr/local/share/jupyter/lab/static"
 MAX_BYTES = 256 * 2**20
 MAX_ENTRIES = 5000
-_LOCK = threading.Lock()
 _IDS: dict[str, tuple[float, str]] = {}  # image reference -> (when looked up, image ID)
 _ID_TTL_S = 30.0
 
@@ -119,7 +119,8 @@ def extract(
     return written
 
 
-def _image_id(runtime: Runtime, image: str) -> str:
+def image_id(runtime: Runtime, image: str) -> str:
+    """The engine's ID of ``image`` (looked up at most every 30 s per reference: this is on every launch)."""
     now = time.monotonic()
     cached = _IDS.get(image)
     if cached is not None and now - cached[0] < _ID_TTL_S:
@@ -129,38 +130,58 @@ def _image_id(runtime: Runtime, image: str) -> str:
     return found
 
 
+def copy_once(
+    runtime: Runtime,
+    image: str,
+    source: str,
+    final: Path,
+    *,
+    check: str = "",
+    max_bytes: int = MAX_BYTES,
+    max_entries: int = MAX_ENTRIES,
+) -> Path:
+    """Copy folder ``source`` of ``image`` to ``final`` unless it is there; ``final``. Shared by the JupyterLab
+    assets and the Python packages (``workers.pyprefix``).
+
+    One copy at a time per folder on this host (a lock file beside it, whatever the number of workers); extracted
+    into a temporary folder renamed into place, so ``final`` exists only complete. ``check``: a file the copy must
+    hold. Raises ``LauncherError``, ``ValueError``, ``OSError`` or ``tarfile.TarError`` when it cannot copy."""
+    if final.is_dir():
+        return final
+    base = final.parent
+    base.mkdir(parents=True, exist_ok=True, mode=0o755)
+    os.chmod(base, 0o755)
+    with open(base / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if final.is_dir():  # another worker copied it while this one waited
+            return final
+        tmp = base / f".{final.name}.{os.getpid()}.{threading.get_native_id()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        t0 = time.monotonic()
+        try:
+            top = PurePosixPath(source).name
+            written = extract(
+                runtime.image_archive(image, source), tmp, top, max_bytes=max_bytes, max_entries=max_entries
+            )
+            if check and not (tmp / check).is_file():
+                raise ValueError(f"no {check} in the image's {source}")
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    event(log, "image_folder.copied", folder=str(final), bytes=written, seconds=round(time.monotonic() - t0, 1))
+    return final
+
+
 def ensure(settings: Settings, runtime: Runtime, image: str) -> str:
     """The static URL prefix for Jupyter in containers of ``image`` ("" when shared assets are off or could not be
     copied: the session then serves its own)."""
     if not settings.shared_lab_static:
         return ""
     try:
-        key = key_of(_image_id(runtime, image))
-    except (LauncherError, ValueError) as exc:
+        key = key_of(image_id(runtime, image))
+        copy_once(runtime, image, LAB_STATIC, settings.lab_static_dir / key, check="index.html")
+    except (LauncherError, ValueError, OSError, tarfile.TarError) as exc:
         event(log, "lab_static.unavailable", level=logging.WARNING, image=image, error=str(exc)[:200])
         return ""
-    base = settings.lab_static_dir
-    final = base / key
-    if (final / "index.html").is_file():
-        return static_url(settings, key)
-    with _LOCK:  # one copy at a time in this worker; the rename makes it atomic for everyone else
-        if (final / "index.html").is_file():
-            return static_url(settings, key)
-        base.mkdir(parents=True, exist_ok=True, mode=0o755)
-        os.chmod(base, 0o755)
-        tmp = base / f".{key}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        t0 = time.monotonic()
-        try:
-            written = extract(runtime.image_archive(image, LAB_STATIC), tmp)
-            if not (tmp / "index.html").is_file():
-                raise ValueError("no index.html in the image's JupyterLab static folder")
-            os.replace(tmp, final)
-        except (LauncherError, ValueError, OSError, tarfile.TarError) as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if (final / "index.html").is_file():  # another worker on this host copied it meanwhile
-                return static_url(settings, key)
-            event(log, "lab_static.copy_failed", level=logging.WARNING, image=image, error=str(exc)[:200])
-            return ""
-    event(log, "lab_static.copied", key=key, bytes=written, seconds=round(time.monotonic() - t0, 2))
     return static_url(settings, key)
