@@ -14,6 +14,7 @@ from launcher.reports import ReportRun
 from launcher.settings import Settings
 
 LABEL_PREFIX = "io.nblauncher"
+ARCHIVE_LABEL = f"{LABEL_PREFIX}.archive"  # a created, never started container an image folder is read from
 SOCKET_DIR = "/run/nb"  # the session's sock/ folder: writable by the notebook only until Jupyter answers
 JUPYTER_SOCKET = f"{SOCKET_DIR}/jupyter.sock"
 IMAGE_PACKAGES = "/usr/local/lib/python3.11/dist-packages"  # the image's Python packages (workers/pyprefix.py)

@@ -28,6 +28,7 @@ from launcher.service import LauncherService
 from launcher.settings import REPO_ROOT, Profile, Settings
 from launcher.spec import LABEL_PREFIX
 from tests.helpers import Proc, free_port, spawn, wait_for
+from workers import labstatic
 
 DEFAULT_IMAGE = "launcher-notebook:latest"
 
@@ -266,6 +267,7 @@ class Stack:
         for container in [*self.containers(), *reports]:
             container.remove(force=True)
         self.worker.stop()
+        labstatic.sweep_archives(self.runtime, [self.settings.lab_static_dir, self.settings.python_prefix_dir])
         self.nginx.stop()
         unmount_below(self.workdir)
 

@@ -3,9 +3,14 @@ entry point on static.<domain> as public immutable files, and used by every sess
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import io
+import os
 import re
+import signal
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +158,51 @@ def test_a_sessions_jupyterlab_loads_its_assets_from_the_shared_origin(clean_sta
     port = int(st.settings.entrypoint_listen.rsplit(":", 1)[1])
     status, headers, _ = _raw_get(port, f"static.nb.localhost:{port}", script.group(1).split(str(port), 1)[1])
     assert status == 200 and headers["cache-control"].endswith("immutable")
+
+
+_READ_THEN_HANG = """
+import sys, time
+from launcher.adapters.docker_runtime import DockerRuntime
+stream = DockerRuntime().image_archive(sys.argv[1], sys.argv[2], owner=sys.argv[3])
+next(stream)
+print("reading", flush=True)
+time.sleep(120)
+"""
+
+
+def _killed_mid_copy(image: str, final: Path) -> str:
+    """What a worker SIGKILLed while copying an image folder leaves: the name of its image-reading container."""
+    args = [sys.executable, "-c", _READ_THEN_HANG, image, labstatic.LAB_STATIC, str(final)]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1]) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "reading"
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    left = [name for name, owner in DockerRuntime().archives().items() if owner == str(final)]
+    assert len(left) == 1, left
+    return left[0]
+
+
+@pytest.mark.docker
+def test_a_copy_killed_midway_leaves_no_container_behind(workdir: Path) -> None:
+    """A worker killed while it reads an image folder never runs its clean-up; the container it created to read
+    from is labelled with the folder, and the next copy of that folder (under its lock) or reconcile's sweep
+    removes it. A sweep skips a folder whose copy is running (its lock is held)."""
+    client = docker_or_skip()
+    runtime = DockerRuntime()
+    base = workdir / f"archives-{random_instance()}"
+    base.mkdir(mode=0o755)
+    final = base / labstatic.key_of(runtime.image_id(IMAGE))
+
+    left = _killed_mid_copy(IMAGE, final)
+    assert client.containers.get(left).status == "created"
+    assert labstatic.copy_once(runtime, IMAGE, labstatic.LAB_STATIC, final, check="index.html") == final
+    assert left not in runtime.archives() and (final / "index.html").is_file()
+
+    left = _killed_mid_copy(IMAGE, final)
+    with open(base / ".lock", "a") as lock:  # a copy into this folder is running: its container is not touched
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert labstatic.sweep_archives(runtime, [base]) == 0 and left in runtime.archives()
+    assert labstatic.sweep_archives(runtime, [workdir / "elsewhere", base]) == 1
+    assert left not in runtime.archives()

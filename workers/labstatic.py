@@ -153,6 +153,7 @@ def copy_once(
     os.chmod(base, 0o755)
     with open(base / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        _remove_archives(runtime, base)  # whoever created them holds no lock: killed mid-copy
         if final.is_dir():  # another worker copied it while this one waited
             return final
         tmp = base / f".{final.name}.{os.getpid()}.{threading.get_native_id()}.tmp"
@@ -161,7 +162,11 @@ def copy_once(
         try:
             top = PurePosixPath(source).name
             written = extract(
-                runtime.image_archive(image, source), tmp, top, max_bytes=max_bytes, max_entries=max_entries
+                runtime.image_archive(image, source, owner=str(final)),
+                tmp,
+                top,
+                max_bytes=max_bytes,
+                max_entries=max_entries,
             )
             if check and not (tmp / check).is_file():
                 raise ValueError(f"no {check} in the image's {source}")
@@ -171,6 +176,31 @@ def copy_once(
             raise
     event(log, "image_folder.copied", folder=str(final), bytes=written, seconds=round(time.monotonic() - t0, 1))
     return final
+
+
+def sweep_archives(runtime: Runtime, bases: list[Path]) -> int:
+    """Remove the image-reading containers that copies into ``bases`` left behind (a worker killed mid-copy never
+    removes its own); a base whose lock is held is copying now and is skipped. How many were removed."""
+    removed = 0
+    for base in bases:
+        if not base.is_dir():
+            continue
+        with open(base / ".lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            removed += _remove_archives(runtime, base)
+    return removed
+
+
+def _remove_archives(runtime: Runtime, base: Path) -> int:
+    """Remove every image-reading container whose folder is in ``base`` (the caller holds ``base``'s lock)."""
+    stale = [name for name, owner in runtime.archives().items() if Path(owner).parent == base]
+    for name in stale:
+        runtime.stop(name, timeout=0)
+        event(log, "image_folder.archive_removed", container=name, folder=str(base))
+    return len(stale)
 
 
 def ensure(settings: Settings, runtime: Runtime, image: str) -> str:

@@ -25,7 +25,7 @@ from launcher.settings import Settings
 from launcher.spec import LABEL_PREFIX, container_name
 from launcher.transitions import ActorKind, By, MarkStopped, RecordActivity
 from launcher.validation import validate_template_name, validate_user_id
-from workers import cgroup_stats, hostfs, quota
+from workers import cgroup_stats, hostfs, labstatic, quota
 from workers.activity import Activity, probe
 from workers.lifecycle import WorkerContext, clean_up
 
@@ -342,6 +342,8 @@ def reconcile(ctx: WorkerContext) -> dict[str, int]:
     from workers import pool
 
     counts.update(pool.reconcile(ctx))
+    bases = [ctx.settings.lab_static_dir, ctx.settings.python_prefix_dir]
+    counts["archives"] = labstatic.sweep_archives(ctx.runtime, bases)  # left by a worker killed mid-copy
     ctx.store.recount_host(host)  # what is reserved here, recounted from what is live here
     return counts
 

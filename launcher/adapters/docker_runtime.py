@@ -21,7 +21,7 @@ import requests
 
 from launcher.errors import RuntimeUnavailable, StartFailed
 from launcher.ports import LOG_MAX_BYTES, ContainerState, EngineCapacity, Handle, ManagedContainer
-from launcher.spec import LABEL_PREFIX
+from launcher.spec import ARCHIVE_LABEL, LABEL_PREFIX
 
 
 def _state_of(attrs: dict[str, Any]) -> ContainerState:
@@ -113,10 +113,15 @@ class DockerRuntime:
         with _docker_errors():
             return str(self._client.images.get(ref).id)
 
-    def image_archive(self, ref: str, path: str) -> Iterator[bytes]:
-        """A folder of an image as a tar stream (from a container created, never started, and removed after)."""
+    def image_archive(self, ref: str, path: str, owner: str = "") -> Iterator[bytes]:
+        """A folder of an image as a tar stream (from a container created, never started, and removed after).
+
+        The container is labelled ``<prefix>.archive=<owner>`` (the folder being copied), so one left behind by a
+        process killed mid-stream can be found and removed (``remove_archives``)."""
         with _docker_errors():
-            container = self._client.containers.create(ref, command=["true"], network_mode="none")
+            container = self._client.containers.create(
+                ref, command=["true"], network_mode="none", labels={ARCHIVE_LABEL: owner}
+            )
         try:
             with _docker_errors():
                 stream, _ = container.get_archive(path)
@@ -124,6 +129,10 @@ class DockerRuntime:
         finally:
             with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
                 container.remove(force=True)
+
+    def archives(self) -> dict[str, str]:
+        """Every ``image_archive`` container on this engine: name -> owner."""
+        return {c.name: c.labels.get(ARCHIVE_LABEL, "") for c in self.list_labelled(ARCHIVE_LABEL)}
 
     def state(self, name: str) -> ContainerState:
         with _docker_errors():

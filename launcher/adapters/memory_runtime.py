@@ -64,8 +64,11 @@ class FakeRuntime:
     def image_id(self, ref: str) -> str:
         raise RuntimeUnavailable("the in-memory runtime has no images")
 
-    def image_archive(self, ref: str, path: str) -> Iterator[bytes]:
+    def image_archive(self, ref: str, path: str, owner: str = "") -> Iterator[bytes]:
         raise RuntimeUnavailable("the in-memory runtime has no images")
+
+    def archives(self) -> dict[str, str]:
+        return {}
 
     def state(self, name: str) -> ContainerState:
         container = self.containers.get(name)
