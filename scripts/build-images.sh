@@ -67,6 +67,8 @@ fi
 lock_sha=$(sha256sum "$lock" | cut -d' ' -f1)
 nb_files=("$lock" docker/Dockerfile.notebook docker/notebook/nbl_identity.py docker/notebook/nbl_pool_env.py
   docker/notebook/nbl_pool_env.pth docker/notebook/nbl_report.py)
+mapfile -t lab_files < <(find docker/notebook/lab -type f | LC_ALL=C sort)
+nb_files+=("${lab_files[@]}")
 inputs_sha=$( (printf 'base %s\n' "$base_hash"; sha256sum "${nb_files[@]}") | sha256sum | cut -d' ' -f1)
 nb_tag=launcher-notebook:${inputs_sha:0:12}
 if [[ "$force" != --force ]] && docker image inspect "$nb_tag" >/dev/null 2>&1; then
@@ -91,6 +93,7 @@ else
   cp docker/Dockerfile.notebook "$ctx/Dockerfile"
   cp docker/notebook/nbl_identity.py docker/notebook/nbl_pool_env.py docker/notebook/nbl_pool_env.pth \
     docker/notebook/nbl_report.py "$lock" "$ctx/"
+  rm -rf "$ctx/lab" && cp -r docker/notebook/lab "$ctx/lab"
   printf '%s\n' "$lock_sha" >"$ctx/lock.sha256"
   printf 'prefix/bin\nprefix/etc\n' >"$ctx/.dockerignore"
   log "building $nb_tag"
