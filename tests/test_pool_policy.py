@@ -10,8 +10,14 @@ from launcher.adapters.memory_runtime import FakeRuntime
 from launcher.adapters.redis_store import SessionStore
 from launcher.models import Session, SessionStatus, new_session_id, new_token
 from tests.helpers import bring_to, register_hosts
-from workers import pool
+from workers import labstatic, pool
 from workers.lifecycle import WorkerContext
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_image_ids(monkeypatch):
+    """Image IDs looked up by other tests (on the real engine) are not this in-memory runtime's."""
+    monkeypatch.setattr(labstatic, "_IDS", {})
 
 
 @pytest.fixture
@@ -61,3 +67,39 @@ def test_no_refill_while_a_cold_start_runs(ctx):
     )
     bring_to(ctx.store, started.id, SessionStatus.STARTING)
     assert pool.tend(ctx, lambda: None) == "cold start in progress"
+
+
+class _Images(FakeRuntime):
+    """The in-memory runtime with an image tag that a rebuild moves."""
+
+    current = "sha256:" + "1" * 64
+
+    def image_id(self, ref: str) -> str:
+        return self.current
+
+
+def test_idle_containers_of_a_rebuilt_image_are_retired_and_never_claimed(unit_settings, monkeypatch):
+    """A rebuilt notebook image (the tag moved) must not be handed out from containers booted before: the keeper
+    retires them, and a claim racing the keeper starts cold instead."""
+    settings = unit_settings.model_copy(update={"pool_sizes": {"standard": 2}})
+    store = SessionStore(fakeredis.FakeRedis(decode_responses=True), settings)
+    register_hosts(store, settings.host_name)
+    runtime = _Images()
+    ctx = WorkerContext(settings, store, runtime)
+    snapshot, _ = pool._data(ctx)
+    old, new = pool.new_slot(), pool.new_slot()
+    store.pool_register(settings.host_name, "standard", old, "s", snapshot=snapshot, image=runtime.current)
+    store.pool_ready(old)
+    runtime.current = "sha256:" + "2" * 64
+    monkeypatch.setattr(labstatic, "_IDS", {})
+    store.pool_register(settings.host_name, "standard", new, "s", snapshot=snapshot, image=runtime.current)
+    store.pool_ready(new)
+
+    assert pool.tend(ctx, lambda: None) == f"retired {old} (image rebuilt)"
+    assert set(store.pool_slots(settings.host_name)) == {new}
+
+    runtime.current = "sha256:" + "3" * 64  # rebuilt again, before the keeper's next step
+    monkeypatch.setattr(labstatic, "_IDS", {})
+    session = Session(id=new_session_id(), user="ann", template="alpha_research", token=new_token())
+    assert pool.claim(ctx, session, settings.workspaces_dir / "ann", snapshot) is None
+    assert store.pool_slots(settings.host_name) == {}

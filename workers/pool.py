@@ -143,12 +143,20 @@ def _data(ctx: WorkerContext) -> tuple[str, Path | None]:
     return snapshot, path
 
 
+def _image(ctx: WorkerContext) -> str:
+    """The ID of the image sessions start on now ("" if the engine cannot tell)."""
+    try:
+        return labstatic.image_id(ctx.runtime, ctx.settings.notebook_image)
+    except LauncherError:
+        return ""
+
+
 def boot(ctx: WorkerContext, profile: str) -> str | None:
     """Boot one pool container of ``profile`` and wait until its Jupyter answers; its slot, or None if it failed
     (whatever it made is removed)."""
     settings, slot, secret = ctx.settings, new_slot(), secrets.token_urlsafe(32)
     snapshot, data = _data(ctx)
-    ctx.store.pool_register(settings.host_name, profile, slot, secret, snapshot=snapshot)
+    ctx.store.pool_register(settings.host_name, profile, slot, secret, snapshot=snapshot, image=_image(ctx))
     t0 = time.monotonic()
     try:
         mounts.prepare_root(settings)
@@ -233,6 +241,9 @@ def claim(ctx: WorkerContext, session: Session, workspace: Path, snapshot: str) 
     if session.snapshot and session.snapshot != record.get("snapshot") or snapshot != record.get("snapshot"):
         destroy(ctx, slot)  # booted on other data: not this session's (the pool refills on the current data)
         return None
+    if record.get("image", "") != _image(ctx):
+        destroy(ctx, slot)  # booted on an image since rebuilt: a session starts on the current one
+        return None
     try:
         mounts.bind(settings, slot, workspace)
         hostfs.write_identity(settings, slot, {"USER_ID": session.user, "NBL_SESSION": session.id})
@@ -295,6 +306,12 @@ def tend(ctx: WorkerContext, on_room: Callable[[], None]) -> str:
         if stale and ctx.store.pool_retire(host, record.get("profile", ""), slot):
             destroy(ctx, slot)
             return f"retired {slot} (data moved on)"
+    image = _image(ctx)
+    for slot, record in slots.items():  # idle containers of an image since rebuilt (the tag points elsewhere now)
+        stale = bool(image) and record.get("state") == "idle" and record.get("image", "") != image
+        if stale and ctx.store.pool_retire(host, record.get("profile", ""), slot):
+            destroy(ctx, slot)
+            return f"retired {slot} (image rebuilt)"
     if any(s.status.value == "starting" and not s.pool_slot for s in ctx.store.list_live(host)):
         return "cold start in progress"  # a cold start gets the CPU: the pool refills after it
     for profile, size in sizes.items():

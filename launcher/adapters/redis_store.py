@@ -584,8 +584,11 @@ class SessionStore:
         return {h.name for h in self.hosts() if h.state == HostState.DOWN}
 
     # -- the warm pool (workers/pool.py) -------------------------------------------------------
-    def pool_register(self, host: str, profile: str, slot: str, secret: str, *, snapshot: str = "") -> None:
-        """A pool container is about to boot: recorded first, so reconcile knows it for what it is."""
+    def pool_register(
+        self, host: str, profile: str, slot: str, secret: str, *, snapshot: str = "", image: str = ""
+    ) -> None:
+        """A pool container is about to boot: recorded first, so reconcile knows it for what it is. ``snapshot``
+        and ``image``: the data and the image ID it boots on."""
         record = {
             "host": host,
             "profile": profile,
@@ -593,6 +596,7 @@ class SessionStore:
             "state": "booting",
             "session": "",
             "snapshot": snapshot,
+            "image": image,
             "since": utcnow().isoformat(),
         }
         with _redis_errors():
