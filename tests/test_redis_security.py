@@ -177,6 +177,9 @@ def test_a_second_host_works_over_tls_and_nothing_else_gets_in(tls_redis, tmp_pa
         sessions_dir=tmp_path / "sessions",
         workspaces_dir=tmp_path / "workspaces",
         data_dir=tmp_path / "data",
+        lab_static_dir=tmp_path / "lab-static",
+        python_prefix_bind=False,  # no 1 GB copy for this test, and nothing in the checkout's var/
+        python_prefix_dir=tmp_path / "python-prefix",
         worker_concurrency=2,
     )
     worker = start_worker(host2, tmp_path / "host2-worker.log", f"w-{host2.instance}")

@@ -117,7 +117,7 @@ class DockerRuntime:
         """A folder of an image as a tar stream (from a container created, never started, and removed after).
 
         The container is labelled ``<prefix>.archive=<owner>`` (the folder being copied), so one left behind by a
-        process killed mid-stream can be found and removed (``remove_archives``)."""
+        process killed mid-stream can be found (``archives``) and removed (``workers.labstatic.sweep_archives``)."""
         with _docker_errors():
             container = self._client.containers.create(
                 ref, command=["true"], network_mode="none", labels={ARCHIVE_LABEL: owner}
