@@ -19,6 +19,8 @@ from pathlib import Path
 from launcher.settings import REPO_ROOT, Settings
 
 TEMPLATE = REPO_ROOT / "docker" / "nginx" / "entrypoint.conf.template"
+# Debian's libnginx-mod-http-brotli-static: serves a file's .br beside it to browsers that accept brotli.
+BROTLI_MODULE = Path("/usr/lib/nginx/modules/ngx_http_brotli_static_module.so")
 
 # How nginx talks to the authorizer: HTTP/1.1 keepalive over its UNIX socket, the session id
 # captured from the Host, and the browser's Host passed through.
@@ -85,8 +87,11 @@ def render(settings: Settings, prefix: Path, *, run_as_root: bool | None = None)
     # As root, nginx's workers drop to a user of the group that owns each session's socket.
     user_directive = f"user nobody {_group_name(settings.proxy_gid)};" if run_as_root else ""
     text = TEMPLATE.read_text()
+    brotli = BROTLI_MODULE.is_file()  # JupyterLab's assets precompressed (workers/labstatic.py); else gzip only
     for name, value in {
         "USER_DIRECTIVE": user_directive,
+        "LOAD_MODULES": f"load_module {BROTLI_MODULE};" if brotli else "",
+        "BROTLI_STATIC": "brotli_static on;" if brotli else "",
         "PREFIX": str(prefix),
         "LISTEN": settings.entrypoint_listen,
         "AUTHORIZER_SOCKET": str(authorizer_socket(prefix)),

@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pkg in redis-server nginx-light debootstrap iproute2 chromium; do
+# libnginx-mod-http-brotli-static: the entry point serves JupyterLab's assets precompressed with brotli (optional:
+# without it they go gzip-compressed on the fly).
+for pkg in redis-server nginx-light libnginx-mod-http-brotli-static debootstrap iproute2 chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -116,6 +116,18 @@ def test_the_image_assets_are_copied_once_and_served_as_public_immutable_files(w
         assert ok.headers["cache-control"] == "public, max-age=31536000, immutable"
         assert ok.headers["access-control-allow-origin"] == "*" and ok.headers["x-content-type-options"] == "nosniff"
         assert "set-cookie" not in ok.headers
+        # Precompressed with brotli once (the worker does it in the background), served to browsers that take it.
+        assert labstatic.precompress(folder) >= 1 and (folder / f"{main.name}.br").is_file()
+        assert labstatic.precompress(folder) == 0  # once
+        assert not list(folder.glob(".*.tmp"))
+        br = httpx.get(
+            f"http://127.0.0.1:{port}/lab/{key}/{main.name}", headers={"Host": host, "Accept-Encoding": "br, gzip"}
+        )
+        assert br.status_code == 200 and br.headers["content-encoding"] == "br"
+        assert br.content == main.read_bytes()  # httpx decodes brotli
+        assert br.headers["content-type"] == "application/javascript" and "accept-encoding" in br.headers["vary"].lower()
+        assert int(br.headers["content-length"]) == (folder / f"{main.name}.br").stat().st_size
+        assert br.headers["cache-control"] == "public, max-age=31536000, immutable"
         font = next(folder.glob("*.woff2"), None) or next(folder.glob("*.woff"))
         assert _raw_get(port, host, f"/lab/{key}/{font.name}")[1]["content-type"].startswith("font/")
 
@@ -197,8 +209,10 @@ def test_a_copy_killed_midway_leaves_no_container_behind(workdir: Path) -> None:
 
     left = _killed_mid_copy(IMAGE, final)
     assert client.containers.get(left).status == "created"
+    partial = base / f".{final.name}.999999.1.tmp"  # a killed copy's half-extracted folder
+    (partial / "static").mkdir(parents=True)
     assert labstatic.copy_once(runtime, IMAGE, labstatic.LAB_STATIC, final, check="index.html") == final
-    assert left not in runtime.archives() and (final / "index.html").is_file()
+    assert left not in runtime.archives() and (final / "index.html").is_file() and not partial.exists()
 
     left = _killed_mid_copy(IMAGE, final)
     with open(base / ".lock", "a") as lock:  # a copy into this folder is running: its container is not touched

@@ -108,10 +108,11 @@ def _retire(sender: object = None, **_: object) -> None:
 @worker_ready.connect
 def _resume_unfinished(sender: object = None, **_: object) -> None:
     """A worker that died mid-start or mid-stop left sessions behind: finish them (idempotently)."""
-    from workers import pyprefix, reports, sweeps
+    from workers import labstatic, pyprefix, reports, sweeps
     from workers.tasks import context, report_store
 
     ctx = context()
+    labstatic.ensure(ctx.settings, ctx.runtime, ctx.settings.notebook_image)  # and its brotli, in the background
     pyprefix.ready(ctx.settings, ctx.runtime, ctx.settings.notebook_image)  # the copy starts in the background
     try:
         counts = sweeps.reconcile(ctx)
