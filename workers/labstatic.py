@@ -26,7 +26,7 @@ import shutil
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -223,39 +223,54 @@ def ensure(settings: Settings, runtime: Runtime, image: str) -> str:
     except (LauncherError, ValueError, OSError, tarfile.TarError) as exc:
         event(log, "lab_static.unavailable", level=logging.WARNING, image=image, error=str(exc)[:200])
         return ""
-    _precompress_in_background(folder)
+    in_background(folder, lambda: _precompress_logged(folder))
     return static_url(settings, key)
+
+
+# -- in the background, once per folder --------------------------------------------------------------------------
+_STARTED: set[Path] = set()  # a folder whose work runs, or ran and succeeded, in this process
+
+
+def in_background(folder: Path, work: Callable[[], bool]) -> None:
+    """Run ``work`` for ``folder`` in a thread of its own at low priority (launches on this host go first), unless
+    it runs or has succeeded in this process; a ``work`` that fails (returns False) is tried again on a later call.
+    Shared by the brotli copies here and the Python packages' copy (``workers.pyprefix``)."""
+    with _LOCK:
+        if folder in _STARTED:
+            return
+        _STARTED.add(folder)
+
+    def run() -> None:
+        with contextlib.suppress(OSError):  # this thread only (Linux)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        done = False
+        try:
+            done = work()
+        finally:
+            if not done:
+                with _LOCK:
+                    _STARTED.discard(folder)
+
+    threading.Thread(target=run, name=f"background-{folder.name}", daemon=True).start()
 
 
 # -- brotli, precompressed once per image -------------------------------------------------------------------------
 # The entry point serves ``<file>.br`` to browsers that accept brotli (nginx's brotli_static, where Debian's module is
 # installed; gzip on the fly otherwise). Quality 11 costs about 15 CPU-seconds for JupyterLab's 15 MB of JavaScript,
-# once per image and host, in a thread at low priority, and makes the core bundle 489 KB against 650 KB gzipped.
+# once per image and host, in the background, and makes the core bundle 489 KB against 650 KB gzipped.
 BROTLI_QUALITY = 11
 COMPRESSIBLE = {".js", ".mjs", ".css", ".json", ".svg", ".html", ".txt", ".ttf", ".eot"}
-_PRECOMPRESSED: set[Path] = set()
 
 
-def _precompress_in_background(folder: Path) -> None:
-    with _LOCK:
-        if folder in _PRECOMPRESSED:
-            return
-        _PRECOMPRESSED.add(folder)
-    threading.Thread(target=_precompress_quietly, args=(folder,), name="lab-static-brotli", daemon=True).start()
-
-
-def _precompress_quietly(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # this thread only (Linux): launches on this host go first
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+def _precompress_logged(folder: Path) -> bool:
     try:
         made = precompress(folder)
     except (OSError, ImportError) as exc:
-        with _LOCK:
-            _PRECOMPRESSED.discard(folder)  # tried again on a later launch
         event(log, "lab_static.precompress_failed", level=logging.WARNING, folder=str(folder), error=str(exc)[:200])
-        return
+        return False
     if made:
         event(log, "lab_static.precompressed", folder=str(folder), files=made)
+    return True
 
 
 def precompress(folder: Path) -> int:

@@ -18,11 +18,8 @@ per host at a time under a lock file, whatever the number of workers.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import tarfile
-import threading
 from pathlib import Path
 
 from launcher.errors import LauncherError
@@ -35,8 +32,6 @@ from workers import labstatic
 log = logging.getLogger("launcher.worker")
 MAX_BYTES = 4 * 2**30
 MAX_ENTRIES = 200_000
-_LOCK = threading.Lock()
-_COPYING: set[str] = set()
 
 
 def ready(settings: Settings, runtime: Runtime, image: str) -> Path | None:
@@ -52,22 +47,8 @@ def ready(settings: Settings, runtime: Runtime, image: str) -> Path | None:
     final = settings.python_prefix_dir / key
     if final.is_dir():
         return final
-    with _LOCK:
-        if key in _COPYING:
-            return None
-        _COPYING.add(key)
-    threading.Thread(target=_copy_then_forget, args=(runtime, image, final), daemon=True).start()
+    labstatic.in_background(final, lambda: copy(runtime, image, final) is not None)
     return None
-
-
-def _copy_then_forget(runtime: Runtime, image: str, final: Path) -> None:
-    with contextlib.suppress(OSError):  # this thread only (Linux): launches on this host go first
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    try:
-        copy(runtime, image, final)
-    finally:
-        with _LOCK:
-            _COPYING.discard(final.name)
 
 
 def copy(runtime: Runtime, image: str, final: Path) -> Path | None:
