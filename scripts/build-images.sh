@@ -66,7 +66,8 @@ if ! grep -qx "# requirements digest: $req_digest" "$lock"; then
 fi
 lock_sha=$(sha256sum "$lock" | cut -d' ' -f1)
 nb_files=("$lock" docker/Dockerfile.notebook docker/notebook/nbl_identity.py docker/notebook/nbl_pool_env.py
-  docker/notebook/nbl_pool_env.pth docker/notebook/nbl_report.py)
+  docker/notebook/nbl_pool_env.pth docker/notebook/nbl_report.py docker/notebook/nbl_lean_server.py
+  docker/notebook/nbl_lean_server.pth)
 mapfile -t lab_files < <(find docker/notebook/lab -type f | LC_ALL=C sort)
 nb_files+=("${lab_files[@]}")
 inputs_sha=$( (printf 'base %s\n' "$base_hash"; sha256sum "${nb_files[@]}") | sha256sum | cut -d' ' -f1)
@@ -92,7 +93,7 @@ else
   fi
   cp docker/Dockerfile.notebook "$ctx/Dockerfile"
   cp docker/notebook/nbl_identity.py docker/notebook/nbl_pool_env.py docker/notebook/nbl_pool_env.pth \
-    docker/notebook/nbl_report.py "$lock" "$ctx/"
+    docker/notebook/nbl_report.py docker/notebook/nbl_lean_server.py docker/notebook/nbl_lean_server.pth "$lock" "$ctx/"
   rm -rf "$ctx/lab" && cp -r docker/notebook/lab "$ctx/lab"
   printf '%s\n' "$lock_sha" >"$ctx/lock.sha256"
   printf 'prefix/bin\nprefix/etc\n' >"$ctx/.dockerignore"

@@ -1,0 +1,116 @@
+"""Benchmark: an idle session's Jupyter server, with and without the lean start (docker/notebook/nbl_lean_server.py),
+alternating: memory once it is idle, and the time until its socket answers.
+
+    python bench/server_memory.py [--rounds 3] [--image launcher-notebook:latest] [--settle 6]
+
+Each round starts two containers of the notebook image with the session's command and options (no network, the
+session's user, its socket and secret folders), one with ``NBL_LEAN_SERVER=0``. When the socket appears the boot is
+timed; after ``--settle`` seconds PSS, RSS and anonymous memory are summed over the container's processes from
+``/proc/<pid>/smaps_rollup`` (run as root on the Docker host). Containers are removed at the end of each round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import docker  # noqa: E402
+
+from launcher.settings import Settings  # noqa: E402
+from launcher.spec import AUTH_FILE, JUPYTER_SOCKET, SECRET_DIR, SOCKET_DIR, jupyter_command  # noqa: E402
+
+LABEL = "io.nblauncher.bench"
+FIELDS = {"Pss": "pss", "Rss": "rss", "Anonymous": "anon"}
+
+
+def memory(container: docker.models.containers.Container) -> dict[str, float]:
+    """MiB summed over the container's processes."""
+    top = container.top()
+    pids = [int(row[top["Titles"].index("PID")]) for row in top["Processes"]]
+    total = dict.fromkeys(FIELDS.values(), 0.0)
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key = line.split(":", 1)[0]
+            if key in FIELDS:
+                total[FIELDS[key]] += int(line.split()[1]) / 1024
+    total["processes"] = len(pids)
+    return total
+
+
+def one(client: docker.DockerClient, image: str, work: Path, lean: bool, settle: float) -> dict[str, float]:
+    folder = Path(tempfile.mkdtemp(prefix="srv-", dir=work))
+    folder.chmod(0o755)
+    sock, secret = folder / "sock", folder / "secret"
+    sock.mkdir(mode=0o777)
+    sock.chmod(0o777)
+    secret.mkdir()
+    (secret / "auth").write_text("b" * 43)
+    environment = {"HOME": "/home/jovyan", "JUPYTER_RUNTIME_DIR": "/tmp/rt", "NBL_AUTH_FILE": AUTH_FILE}
+    if not lean:
+        environment["NBL_LEAN_SERVER"] = "0"
+    t0 = time.monotonic()
+    container = client.containers.run(
+        image,
+        jupyter_command(),
+        detach=True,
+        user="1000:1000",
+        network_mode="none",
+        read_only=True,
+        environment=environment,
+        volumes={str(sock): {"bind": SOCKET_DIR, "mode": "rw"}, str(secret): {"bind": SECRET_DIR, "mode": "ro"}},
+        tmpfs={"/tmp": "rw,size=64m", "/home/jovyan": "rw,uid=1000,gid=1000,mode=0700"},
+        labels={LABEL: "server-memory"},
+    )
+    try:
+        socket = sock / Path(JUPYTER_SOCKET).name
+        deadline = t0 + 60
+        while not socket.exists():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"no Jupyter socket after 60 s:\n{container.logs()[-2000:].decode(errors='replace')}")
+            time.sleep(0.01)
+        boot = time.monotonic() - t0
+        time.sleep(settle)
+        return {"boot_s": boot, **memory(container)}
+    finally:
+        container.remove(force=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--image", default=Settings.of_checkout().notebook_image)
+    ap.add_argument("--settle", type=float, default=6.0, help="seconds idle before measuring")
+    args = ap.parse_args()
+    client = docker.from_env()
+    work = Path(tempfile.mkdtemp(prefix="nbl-srvmem-", dir="/tmp"))
+    work.chmod(0o755)
+    runs: dict[str, list[dict[str, float]]] = {"lean": [], "plain": []}
+    try:
+        for i in range(args.rounds):
+            for name in ("plain", "lean"):
+                m = one(client, args.image, work, name == "lean", args.settle)
+                runs[name].append(m)
+                print(
+                    f"round {i + 1} {name:5s}: boot {m['boot_s']:.3f} s, PSS {m['pss']:.1f} MiB, "
+                    f"RSS {m['rss']:.1f} MiB, anonymous {m['anon']:.1f} MiB ({m['processes']:.0f} processes)",
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for name, values in runs.items():
+        med = {k: statistics.median(v[k] for v in values) for k in ("boot_s", "pss", "rss", "anon")}
+        print(
+            f"{name:5s} (median of {len(values)}): PSS {med['pss']:.1f} MiB, RSS {med['rss']:.1f} MiB, "
+            f"anonymous {med['anon']:.1f} MiB; container start to socket {med['boot_s']:.3f} s"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The Jupyter server without the modules it never uses here (issue 12, idle session memory; the notebook image's
+nbl_lean_server): checked inside the real server process of the notebook image, and outside it (a kernel, any
+other Python) nothing changes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher.spec import AUTH_FILE, JUPYTER_SOCKET, SECRET_DIR, SOCKET_DIR, jupyter_command
+from tests.conftest import IMAGE, docker_or_skip
+
+pytestmark = pytest.mark.docker
+
+# Runs inside the server process: Jupyter executes its config file after the server's modules are imported and
+# before it serves. A thread records what the process holds once the server has started.
+PROBE_CONFIG = """
+import json, sys, threading, time
+
+def _record():
+    deadline = time.monotonic() + 60
+    while "jupyterlab_server.listings_handler" not in sys.modules and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)
+    requests = sys.modules.get("requests")
+    try:
+        from jupyterlab.extensions.pypi import PyPIExtensionManager
+        PyPIExtensionManager()
+        pypi = "made"
+    except RuntimeError as exc:
+        pypi = str(exc)
+    seen = {
+        "loaded": sorted(m for m in ("httpx", "httpcore", "click", "urllib3", "arrow", "isoduration")
+                         if sys.modules.get(m) is not None),
+        "requests": type(requests).__name__,
+        "pypi": pypi,
+    }
+    get = requests.get  # the first use of the stand-in imports the real module
+    seen["after_use"] = [type(sys.modules["requests"]).__name__, "urllib3" in sys.modules, callable(get)]
+    with open("/run/nb/probe.json", "w") as f:
+        json.dump(seen, f)
+
+threading.Thread(target=_record, daemon=True).start()
+"""
+
+OUTSIDE = (
+    "import json, sys, requests, httpx, isoduration, arrow\n"
+    "from jupyterlab.extensions.pypi import PyPIExtensionManager\n"
+    "print(json.dumps([type(requests).__name__, 'urllib3' in sys.modules, PyPIExtensionManager.__module__]))"
+)
+
+
+def _folder(tmp_path: Path, name: str, mode: int) -> Path:
+    path = tmp_path / name
+    path.mkdir()
+    path.chmod(mode)
+    return path
+
+
+def test_the_server_process_defers_what_it_never_uses_and_still_serves(tmp_path: Path) -> None:
+    client = docker_or_skip()
+    tmp_path.chmod(0o755)
+    sock = _folder(tmp_path, "sock", 0o777)
+    secret = _folder(tmp_path, "secret", 0o755)
+    (secret / "auth").write_text("s" * 43)
+    config = _folder(tmp_path, "config", 0o755)
+    (config / "jupyter_server_config.py").write_text(PROBE_CONFIG)
+    container = client.containers.run(
+        IMAGE,
+        jupyter_command(),
+        detach=True,
+        user="1000:1000",
+        network_mode="none",
+        environment={
+            "HOME": "/home/jovyan",
+            "JUPYTER_RUNTIME_DIR": "/tmp/rt",
+            "NBL_AUTH_FILE": AUTH_FILE,
+            "JUPYTER_CONFIG_DIR": "/probe",
+        },
+        volumes={
+            str(sock): {"bind": SOCKET_DIR, "mode": "rw"},
+            str(secret): {"bind": SECRET_DIR, "mode": "ro"},
+            str(config): {"bind": "/probe", "mode": "ro"},
+        },
+        tmpfs={"/tmp": "", "/home/jovyan/work": "uid=1000"},
+        labels={"io.nblauncher.test": "lean-server"},
+    )
+    try:
+        probe, socket = sock / "probe.json", sock / Path(JUPYTER_SOCKET).name
+        deadline = time.monotonic() + 90
+        while not (probe.exists() and socket.exists()) and time.monotonic() < deadline:
+            container.reload()
+            assert container.status in ("created", "running"), container.logs()[-3000:].decode(errors="replace")
+            time.sleep(0.2)
+        assert socket.exists(), container.logs()[-3000:].decode(errors="replace")  # the server serves
+        seen = json.loads(probe.read_text())
+    finally:
+        container.remove(force=True)
+    assert seen["loaded"] == [], seen  # none of httpx, its CLI's click, requests' urllib3, isoduration's arrow
+    assert seen["requests"] == "_Deferred", seen
+    assert "read-only extension manager" in seen["pypi"], seen
+    assert seen["after_use"] == ["module", True, True], seen  # used, it is the real module
+
+
+def test_other_python_processes_import_as_always() -> None:
+    """A kernel, a report run, a terminal's python: what a researcher imports is the real thing."""
+    client = docker_or_skip()
+    out = client.containers.run(
+        IMAGE,
+        ["python3", "-c", OUTSIDE],
+        remove=True,
+        user="1000:1000",
+        network_mode="none",
+        environment={"HOME": "/tmp"},
+        labels={"io.nblauncher.test": "lean-server"},
+    )
+    assert json.loads(out) == ["module", True, "jupyterlab.extensions.pypi"]
