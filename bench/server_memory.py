@@ -1,12 +1,14 @@
 """Benchmark: an idle session's Jupyter server, with and without the lean start (docker/notebook/nbl_lean_server.py),
-alternating: memory once it is idle, and the time until its socket answers.
+alternating: memory once it is idle, the time until its socket answers, and what JupyterLab's ``GET /api/nbconvert``
+(asked each time a notebook opens) costs, first and second time.
 
     python bench/server_memory.py [--rounds 3] [--image launcher-notebook:latest] [--settle 6]
 
 Each round starts two containers of the notebook image with the session's command and options (no network, the
 session's user, its socket and secret folders), one with ``NBL_LEAN_SERVER=0``. When the socket appears the boot is
 timed; after ``--settle`` seconds PSS, RSS and anonymous memory are summed over the container's processes from
-``/proc/<pid>/smaps_rollup`` (run as root on the Docker host). Containers are removed at the end of each round.
+``/proc/<pid>/smaps_rollup`` (run as root on the Docker host); then ``/api/nbconvert`` is timed twice. Containers
+are removed at the end of each round.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import docker  # noqa: E402
 
+from launcher.adapters.jupyter_http import api_get, wait_ready  # noqa: E402
 from launcher.settings import Settings  # noqa: E402
 from launcher.spec import AUTH_FILE, JUPYTER_SOCKET, SECRET_DIR, SOCKET_DIR, jupyter_command  # noqa: E402
 
 LABEL = "io.nblauncher.bench"
+SECRET = "b" * 43
 FIELDS = {"Pss": "pss", "Rss": "rss", "Anonymous": "anon"}
 
 
@@ -51,7 +55,7 @@ def one(client: docker.DockerClient, image: str, work: Path, lean: bool, settle:
     sock.mkdir(mode=0o777)
     sock.chmod(0o777)
     secret.mkdir()
-    (secret / "auth").write_text("b" * 43)
+    (secret / "auth").write_text(SECRET)
     environment = {"HOME": "/home/jovyan", "JUPYTER_RUNTIME_DIR": "/tmp/rt", "NBL_AUTH_FILE": AUTH_FILE}
     if not lean:
         environment["NBL_LEAN_SERVER"] = "0"
@@ -76,8 +80,15 @@ def one(client: docker.DockerClient, image: str, work: Path, lean: bool, settle:
                 raise SystemExit(f"no Jupyter socket after 60 s:\n{container.logs()[-2000:].decode(errors='replace')}")
             time.sleep(0.01)
         boot = time.monotonic() - t0
+        wait_ready(socket, SECRET, timeout=60, still_alive=lambda: True)
         time.sleep(settle)
-        return {"boot_s": boot, **memory(container)}
+        idle = memory(container)  # before anything imports nbconvert (8-11 MiB more once a notebook has opened)
+        nbconvert = []
+        for _ in range(2):
+            t1 = time.monotonic()
+            api_get(socket, SECRET, "nbconvert", deadline=30)
+            nbconvert.append(time.monotonic() - t1)
+        return {"boot_s": boot, "nbconvert_1_s": nbconvert[0], "nbconvert_2_s": nbconvert[1], **idle}
     finally:
         container.remove(force=True)
 
@@ -98,17 +109,20 @@ def main() -> None:
                 m = one(client, args.image, work, name == "lean", args.settle)
                 runs[name].append(m)
                 print(
-                    f"round {i + 1} {name:5s}: boot {m['boot_s']:.3f} s, PSS {m['pss']:.1f} MiB, "
-                    f"RSS {m['rss']:.1f} MiB, anonymous {m['anon']:.1f} MiB ({m['processes']:.0f} processes)",
+                    f"round {i + 1} {name:5s}: boot {m['boot_s']:.3f} s, /api/nbconvert {m['nbconvert_1_s']:.3f} s "
+                    f"then {m['nbconvert_2_s']:.3f} s, PSS {m['pss']:.1f} MiB, RSS {m['rss']:.1f} MiB, "
+                    f"anonymous {m['anon']:.1f} MiB ({m['processes']:.0f} processes)",
                     flush=True,
                 )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for name, values in runs.items():
-        med = {k: statistics.median(v[k] for v in values) for k in ("boot_s", "pss", "rss", "anon")}
+        keys = ("boot_s", "nbconvert_1_s", "nbconvert_2_s", "pss", "rss", "anon")
+        med = {k: statistics.median(v[k] for v in values) for k in keys}
         print(
             f"{name:5s} (median of {len(values)}): PSS {med['pss']:.1f} MiB, RSS {med['rss']:.1f} MiB, "
-            f"anonymous {med['anon']:.1f} MiB; container start to socket {med['boot_s']:.3f} s"
+            f"anonymous {med['anon']:.1f} MiB; container start to socket {med['boot_s']:.3f} s; "
+            f"/api/nbconvert {med['nbconvert_1_s']:.3f} s, then {med['nbconvert_2_s']:.3f} s"
         )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.adapters.jupyter_http import api_get
 from launcher.spec import AUTH_FILE, JUPYTER_SOCKET, SECRET_DIR, SOCKET_DIR, jupyter_command
 from tests.conftest import IMAGE, docker_or_skip
 
@@ -32,7 +33,11 @@ def _record():
         pypi = "made"
     except RuntimeError as exc:
         pypi = str(exc)
+    import importlib.metadata as metadata
+    group = "nbconvert.exporters"
     seen = {
+        "entry_points": [metadata.entry_points.__module__, sorted(e.name for e in metadata.entry_points(group=group)),
+                         metadata.entry_points(group=group) == metadata.entry_points().select(group=group)],
         "loaded": sorted(m for m in ("httpx", "httpcore", "click", "urllib3", "arrow", "isoduration")
                          if sys.modules.get(m) is not None),
         "requests": type(requests).__name__,
@@ -47,9 +52,10 @@ threading.Thread(target=_record, daemon=True).start()
 """
 
 OUTSIDE = (
-    "import json, sys, requests, httpx, isoduration, arrow\n"
+    "import json, sys, importlib.metadata, requests, httpx, isoduration, arrow\n"
     "from jupyterlab.extensions.pypi import PyPIExtensionManager\n"
-    "print(json.dumps([type(requests).__name__, 'urllib3' in sys.modules, PyPIExtensionManager.__module__]))"
+    "print(json.dumps([type(requests).__name__, 'urllib3' in sys.modules, PyPIExtensionManager.__module__,\n"
+    "                  importlib.metadata.entry_points.__module__]))"
 )
 
 
@@ -97,12 +103,18 @@ def test_the_server_process_defers_what_it_never_uses_and_still_serves(tmp_path:
             time.sleep(0.2)
         assert socket.exists(), container.logs()[-3000:].decode(errors="replace")  # the server serves
         seen = json.loads(probe.read_text())
+        exporters = api_get(socket, "s" * 43, "nbconvert", deadline=30)  # what JupyterLab asks on opening a notebook
     finally:
         container.remove(force=True)
     assert seen["loaded"] == [], seen  # none of httpx, its CLI's click, requests' urllib3, isoduration's arrow
     assert seen["requests"] == "_Deferred", seen
     assert "read-only extension manager" in seen["pypi"], seen
     assert seen["after_use"] == ["module", True, True], seen  # used, it is the real module
+    module, names, consistent = seen["entry_points"]
+    assert module == "nbl_lean_server", seen  # scanned once, then kept
+    assert {"html", "markdown", "python", "script", "webpdf"} <= set(names) and consistent, seen
+    assert set(exporters) == set(names), exporters
+    assert exporters["html"] == {"output_mimetype": "text/html"}, exporters
 
 
 def test_other_python_processes_import_as_always() -> None:
@@ -117,4 +129,4 @@ def test_other_python_processes_import_as_always() -> None:
         environment={"HOME": "/tmp"},
         labels={"io.nblauncher.test": "lean-server"},
     )
-    assert json.loads(out) == ["module", True, "jupyterlab.extensions.pypi"]
+    assert json.loads(out) == ["module", True, "jupyterlab.extensions.pypi", "importlib.metadata"]
