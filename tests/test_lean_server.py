@@ -19,7 +19,7 @@ pytestmark = pytest.mark.docker
 # Runs inside the server process: Jupyter executes its config file after the server's modules are imported and
 # before it serves. A thread records what the process holds once the server has started.
 PROBE_CONFIG = """
-import json, sys, threading, time
+import json, os, sys, threading, time
 
 def _record():
     deadline = time.monotonic() + 60
@@ -45,8 +45,9 @@ def _record():
     }
     get = requests.get  # the first use of the stand-in imports the real module
     seen["after_use"] = [type(sys.modules["requests"]).__name__, "urllib3" in sys.modules, callable(get)]
-    with open("/run/nb/probe.json", "w") as f:
+    with open("/run/nb/probe.tmp", "w") as f:
         json.dump(seen, f)
+    os.rename("/run/nb/probe.tmp", "/run/nb/probe.json")  # whole, never half-written
 
 threading.Thread(target=_record, daemon=True).start()
 """
@@ -118,7 +119,7 @@ def test_the_server_process_defers_what_it_never_uses_and_still_serves(tmp_path:
 
 
 def test_other_python_processes_import_as_always() -> None:
-    """A kernel, a report run, a terminal's python: what a researcher imports is the real thing."""
+    """A kernel, a report run, anything else started with python3: what a researcher imports is the real thing."""
     client = docker_or_skip()
     out = client.containers.run(
         IMAGE,
