@@ -1,11 +1,11 @@
 """Benchmark: click-to-ready latency, concurrent launches, stop latency, idle session memory; cold and warm.
 
-    python bench/launch_latency.py [--launches 20] [--concurrent 5] [--pool 2] [--modes cold-image,cold,warm]
+    python bench/launch_latency.py [--launches 20] [--concurrent 5,10] [--pool 2] [--modes cold-image,cold,warm]
 
 "cold" runs with no warm pool; "warm" with a pool of ``--pool`` standard containers (the product's default is 2),
 both with the image's Python packages bound from a host copy as the product does (``workers/pyprefix.py``, copied
 once per run before measuring); "cold-image" with no pool and the packages read from the image's own layers.
-waiting before each sequential launch until the pool is full again (a person's pace), and measures the memory of
+"warm" waits before each sequential launch until the pool is full again (a person's pace), and measures the memory of
 an idle pool container too.
 
 Starts its own real stack (Redis, nginx entry point, Celery worker, notebook containers on the
@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -117,7 +118,7 @@ def pool_memory(stack) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--launches", type=int, default=20)
-    ap.add_argument("--concurrent", type=int, default=5)
+    ap.add_argument("--concurrent", default="5,10", help="launches at once, per batch (comma-separated)")
     ap.add_argument("--pool", type=int, default=2)
     ap.add_argument("--modes", default="cold-image,cold,warm")
     args = ap.parse_args()
@@ -131,22 +132,55 @@ def main() -> None:
         shutil.rmtree(prefix, ignore_errors=True)
 
 
+def at_once(stack: Any, n: int, pool: int) -> dict[str, float]:
+    """``n`` launches at the same moment (the pool full first), until every one is ready; then all are stopped."""
+    per_session: list[float] = []
+    ids: dict[str, str] = {}
+
+    def one(i: int) -> None:
+        latency, sid = launch_until_ready(stack, f"conc{n}-{i}")
+        per_session.append(latency)
+        ids[f"conc{n}-{i}"] = sid
+
+    if pool:
+        wait_pool(stack, pool)
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    for user, sid in ids.items():
+        stop_and_time(stack, user, sid)
+    if len(per_session) != n:
+        raise SystemExit(f"{n - len(per_session)} of {n} launches at once did not become ready")
+    return {"n": n, "wall_until_all_ready_s": wall, "slowest_s": max(per_session), "fastest_s": min(per_session)}
+
+
 def run(args: argparse.Namespace, pool: int, prefix: Path | None) -> None:
+    batches = [int(x) for x in str(args.concurrent).split(",") if x]
     work = Path(tempfile.mkdtemp(prefix="nbl-bench-", dir="/tmp"))
     work.chmod(0o755)
     redis_proc, redis_url = start_redis(work)
     sizes = {"standard": pool} if pool else {}
-    # The product's stop grace (LAUNCHER_STOP_TIMEOUT_S, 0: killed at once), not the test stacks' 2 s.
+    # The product's stop grace (LAUNCHER_STOP_TIMEOUT_S, 0: killed at once), not the test stacks' 2 s. Room for the
+    # largest batch at once: this measures launching, not admission (the product's defaults would queue past 5), and
+    # 1 GiB per session so that 10 at once and the pool fit this machine's memory (a limit, not a use).
+    room = max([*batches, 5]) + pool
     stack = start_stack(
         work / "stack",
         redis_url,
         docker_client(),
-        mem_limit="2g",
+        mem_limit="1g",
         cpus=2.0,
         pool_sizes=sizes,
         stop_timeout_s=0,
         python_prefix_bind=prefix is not None,
         python_prefix_dir=prefix or work / "python-prefix",
+        max_sessions=room,
+        max_sessions_per_host=room,
+        host_cpu_overcommit=float(2 * room),
     )
     results: dict[str, object] = {}
     try:
@@ -175,32 +209,9 @@ def run(args: argparse.Namespace, pool: int, prefix: Path | None) -> None:
         }
         results["stop_s"] = {"n": len(stops), "p50": statistics.median(stops), "p95": pct(stops, 95)}
 
-        per_session: list[float] = []
-        t0 = time.perf_counter()
-        threads = []
-        ids: dict[str, str] = {}
-
-        def one(i: int) -> None:
-            latency, sid = launch_until_ready(stack, f"conc-{i}")
-            per_session.append(latency)
-            ids[f"conc-{i}"] = sid
-
-        if pool:
-            wait_pool(stack, pool)
-        for i in range(args.concurrent):
-            threads.append(threading.Thread(target=one, args=(i,)))
-            threads[-1].start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
-        results["concurrent"] = {
-            "n": args.concurrent,
-            "wall_until_all_ready_s": wall,
-            "slowest_s": max(per_session),
-            "fastest_s": min(per_session),
-        }
-        for user, sid in ids.items():
-            stop_and_time(stack, user, sid)
+        results["concurrent"] = {}
+        for n in batches:
+            results["concurrent"][str(n)] = at_once(stack, n, pool)
     finally:
         stack.stop_everything()
         stack.worker.stop()  # its pool keeper first: nothing boots while the pool is taken down
@@ -214,9 +225,11 @@ def run(args: argparse.Namespace, pool: int, prefix: Path | None) -> None:
         f"p50 {r['click_to_ready_s']['p50']:.3f} s, p95 {r['click_to_ready_s']['p95']:.3f} s "
         f"(min {r['click_to_ready_s']['min']:.3f}, max {r['click_to_ready_s']['max']:.3f})"
     )
-    print(
-        f"{r['concurrent']['n']} concurrent launches: all ready after {r['concurrent']['wall_until_all_ready_s']:.3f} s"
-    )
+    for batch in r["concurrent"].values():
+        print(
+            f"{batch['n']} concurrent launches: all ready after {batch['wall_until_all_ready_s']:.3f} s "
+            f"(fastest {batch['fastest_s']:.3f} s)"
+        )
     print(f"stop latency: p50 {r['stop_s']['p50']:.3f} s, p95 {r['stop_s']['p95']:.3f} s")
     m = r["idle_memory"]
     print(
