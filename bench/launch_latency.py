@@ -9,7 +9,7 @@ once per run before measuring); "cold-image" with no pool and the packages read 
 an idle pool container too.
 
 Starts its own real stack (Redis, nginx entry point, Celery worker, notebook containers on the
-local Docker engine), measures, prints the figures and writes bench/results/launch.json.
+local Docker engine), measures, prints the figures and writes bench/results/launch-<mode>.json.
 "Ready" means Jupyter answers /api/status *through the entry point* for a browser-like client that
 went through the open flow (state cookie, one-time code, the origin's cookie): the moment a person
 clicking Open would get JupyterLab.

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,6 +80,18 @@ def _raw_get(port: int, host: str, path: str, method: str = "GET") -> tuple[int,
 
 
 @pytest.mark.docker
+def test_precompress_removes_temporary_files_a_killed_compress_left_but_not_one_being_written(tmp_path: Path) -> None:
+    (tmp_path / "main.abc.js").write_text("function f() { return 1; }\n" * 200)
+    left = tmp_path / ".main.old.js.br.4242.4242.tmp"  # a compress killed midway, long ago
+    left.write_bytes(b"half")
+    os.utime(left, (time.time() - 3600, time.time() - 3600))
+    writing = tmp_path / ".main.new.js.br.4343.4343.tmp"  # another worker's, being written now
+    writing.write_bytes(b"half")
+    assert labstatic.precompress(tmp_path) == 1
+    assert not left.exists() and writing.exists()
+    assert (tmp_path / "main.abc.js.br").is_file()
+
+
 def test_the_image_assets_are_copied_once_and_served_as_public_immutable_files(workdir: Path, unit_settings) -> None:
     docker_or_skip()
     base = workdir / f"lab-static-{random_instance()}"

@@ -259,6 +259,7 @@ def in_background(folder: Path, work: Callable[[], bool]) -> None:
 # installed; gzip on the fly otherwise). Quality 11 costs about 15 CPU-seconds for JupyterLab's 15 MB of JavaScript,
 # once per image and host, in the background, and makes the core bundle 489 KB against 650 KB gzipped.
 BROTLI_QUALITY = 11
+STALE_TMP_S = 600.0  # a temporary .br older than this was left by a compress killed midway (one file takes < 1 s)
 COMPRESSIBLE = {".js", ".mjs", ".css", ".json", ".svg", ".html", ".txt", ".ttf", ".eot"}
 
 
@@ -276,9 +277,14 @@ def _precompress_logged(folder: Path) -> bool:
 def precompress(folder: Path) -> int:
     """Write ``<file>.br`` beside every compressible asset of ``folder`` over 1 KB that has none; how many were
     written. Each is written under a temporary name and renamed, so nginx never serves half of one; two workers
-    doing the same folder at once write the same bytes."""
+    doing the same folder at once write the same bytes. Temporary files a killed compress left are removed first
+    (by age: another worker's, still being written, is younger)."""
     import brotli  # the worker's dependency; imported here so that nothing else needs it
 
+    for stale in folder.glob(".*.br.*.tmp"):
+        with contextlib.suppress(OSError):  # gone already: another worker removed or renamed it
+            if stale.is_file() and time.time() - stale.lstat().st_mtime > STALE_TMP_S:
+                stale.unlink()
     made = 0
     for path in sorted(folder.iterdir()):
         if path.suffix not in COMPRESSIBLE or not path.is_file() or path.is_symlink():
