@@ -105,6 +105,7 @@ def build_container_spec(
             "HOME": "/home/jovyan",
             "USER": "jovyan",  # the uid has no passwd entry in the image: getpass reads these
             "LOGNAME": "jovyan",
+            "SHELL": "/bin/bash",  # JupyterLab's terminals (a login shell: /etc/profile.d/nbl_identity.sh)
             "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
         },
         "volumes": {

@@ -67,7 +67,7 @@ fi
 lock_sha=$(sha256sum "$lock" | cut -d' ' -f1)
 nb_files=("$lock" docker/Dockerfile.notebook docker/notebook/nbl_identity.py docker/notebook/nbl_pool_env.py
   docker/notebook/nbl_pool_env.pth docker/notebook/nbl_report.py docker/notebook/nbl_lean_server.py
-  docker/notebook/nbl_lean_server.pth)
+  docker/notebook/nbl_lean_server.pth docker/notebook/profile.d/nbl_identity.sh)
 mapfile -t lab_files < <(find docker/notebook/lab -type f | LC_ALL=C sort)
 nb_files+=("${lab_files[@]}")
 inputs_sha=$( (printf 'base %s\n' "$base_hash"; sha256sum "${nb_files[@]}") | sha256sum | cut -d' ' -f1)
@@ -94,7 +94,7 @@ else
   cp docker/Dockerfile.notebook "$ctx/Dockerfile"
   cp docker/notebook/nbl_identity.py docker/notebook/nbl_pool_env.py docker/notebook/nbl_pool_env.pth \
     docker/notebook/nbl_report.py docker/notebook/nbl_lean_server.py docker/notebook/nbl_lean_server.pth "$lock" "$ctx/"
-  rm -rf "$ctx/lab" && cp -r docker/notebook/lab "$ctx/lab"
+  rm -rf "$ctx/lab" "$ctx/profile.d" && cp -r docker/notebook/lab "$ctx/lab" && cp -r docker/notebook/profile.d "$ctx/profile.d"
   printf '%s\n' "$lock_sha" >"$ctx/lock.sha256"
   printf 'prefix/bin\nprefix/etc\n' >"$ctx/.dockerignore"
   log "building $nb_tag"

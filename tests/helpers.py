@@ -168,6 +168,40 @@ class Kernel:
         self.client.request("DELETE", f"/api/kernels/{self.id}")
 
 
+class Terminal:
+    """A JupyterLab terminal in a running session, driven through the entry point (terminado's WebSocket protocol)
+    by a browser-like client that went through the open flow."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        r = client.post("/api/terminals")
+        r.raise_for_status()
+        self.name = r.json()["name"]
+        self.ws = websocket.create_connection(
+            f"ws://{client.base.split('://', 1)[1]}/terminals/websocket/{self.name}",
+            host=client.host,
+            origin=client.origin,
+            cookie=client.cookie_header(),
+            timeout=30,
+        )
+
+    def run(self, line: str, until: re.Pattern[str], timeout: float = 30) -> re.Match[str]:
+        """Type ``line`` and read the terminal until ``until`` matches what it printed (not the echo of ``line``)."""
+        self.ws.send(json.dumps(["stdin", line + "\r"]))
+        out, deadline = "", time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            kind, *rest = json.loads(self.ws.recv())
+            if kind == "stdout":
+                out += rest[0]
+                if found := until.search(out):
+                    return found
+        raise AssertionError(f"the terminal did not print {until.pattern!r} within {timeout} s: {out[-500:]!r}")
+
+    def close(self) -> None:
+        self.ws.close()
+        self.client.request("DELETE", f"/api/terminals/{self.name}")
+
+
 class RecordingDispatcher:
     """A real dispatcher object that records what would be enqueued (for service-only tests)."""
 

@@ -21,9 +21,9 @@ IDLE = 8.0
 POLL_EVERY = 0.5
 ENDED = {SessionStatus.STOPPED, SessionStatus.ERROR}
 OP = Actor.operator("idle-tab-test")
-# What an open JupyterLab tab keeps asking for: the file browser's refresh, the running sessions and kernels, the
-# server's status (terminals are not served by the notebook image: /api/terminals is a 404 there).
-POLLED = ("/api/contents?content=1", "/api/status", "/api/sessions", "/api/kernels")
+# What an open JupyterLab tab keeps asking for: the file browser's refresh, the running sessions, kernels and
+# terminals, the server's status.
+POLLED = ("/api/contents?content=1", "/api/status", "/api/sessions", "/api/kernels", "/api/terminals")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 One stack with a pool of one ``standard`` container: a launch claims it (the workspace and template are there, a
 kernel sees USER_ID, JupyterLab answers through the entry point), stop leaves no mount and no container, the pool
-refills; an empty pool falls back to the cold path; a worker killed between the mount and the claim record is
+refills; an empty pool falls back to the cold path (a terminal has the session's identity in both); a worker killed between the mount and the claim record is
 reconciled with the workspace intact; the isolation checks hold inside a claimed container.
 """
 
@@ -16,7 +16,7 @@ import pytest
 
 from launcher.models import Actor, Role, SessionStatus
 from launcher.spec import container_name
-from tests.helpers import Kernel, wait_for
+from tests.helpers import Kernel, Terminal, wait_for
 from tests.stack import Stack, start_stack
 from tests.web import opened
 from workers import mounts, pool, quota
@@ -122,6 +122,17 @@ def test_an_empty_pool_falls_back_to_a_cold_start(stack: Stack) -> None:
         k.close()
     finally:
         client.close()
+    # JupyterLab's terminal: a login shell as the session's user, with the session's identity whether the container
+    # was claimed from the pool (identity.json, /etc/profile.d/nbl_identity.sh) or started for the session.
+    for session in (a, b):
+        client = opened(st, session.id, session.user)
+        try:
+            term = Terminal(client)
+            shown = term.run('echo "uid=$(id -u) user=${USER_ID:-none} end"', re.compile(r"uid=(\d+) user=(\S+) end"))
+            assert shown.groups() == (str(st.settings.notebook_uid), session.user), (session.pool_slot, shown.group(0))
+            term.close()
+        finally:
+            client.close()
     st.stop_everything()
 
 

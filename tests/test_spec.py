@@ -76,6 +76,7 @@ def test_container_spec_literal(tmp_path):
             "HOME": "/home/jovyan",
             "USER": "jovyan",
             "LOGNAME": "jovyan",
+            "SHELL": "/bin/bash",
             "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
         },
         "volumes": {

@@ -3,7 +3,8 @@
 A pool container boots with no user identity. When the launcher claims it for a session it writes
 ``/run/nbl/identity.json`` (the session's read-only folder; only root on the host writes it). Python runs this at
 start (``nbl_pool_env.pth`` in site-packages imports it): a kernel started after the claim gets ``USER_ID`` and the
-rest of the preset environment, exactly as a container started for the session gets them from Docker. Variables
+rest of the preset environment, exactly as a container started for the session gets them from Docker. A terminal's
+login shell gets them from ``python3 -m nbl_pool_env`` (``/etc/profile.d/nbl_identity.sh``). Variables
 already set (a cold-started session's) are never overridden; anything unexpected in the file is ignored.
 """
 
@@ -30,3 +31,11 @@ def _apply() -> None:
 
 
 _apply()
+
+if __name__ == "__main__":  # python3 -m nbl_pool_env: the same for a login shell (/etc/profile.d/nbl_identity.sh)
+    import shlex
+
+    for _key, _pattern in _KEYS.items():
+        _value = os.environ.get(_key, "")
+        if _pattern.fullmatch(_value):
+            print(f"export {_key}={shlex.quote(_value)}")
