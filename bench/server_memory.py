@@ -27,10 +27,8 @@ import docker  # noqa: E402
 
 from launcher.adapters.jupyter_http import api_get, wait_ready  # noqa: E402
 from launcher.settings import Settings  # noqa: E402
-from launcher.spec import AUTH_FILE, JUPYTER_SOCKET, SECRET_DIR, SOCKET_DIR, jupyter_command  # noqa: E402
+from tests.helpers import BARE_SECRET, start_bare_server  # noqa: E402
 
-LABEL = "io.nblauncher.bench"
-SECRET = "b" * 43
 FIELDS = {"Pss": "pss", "Rss": "rss", "Anonymous": "anon"}
 
 
@@ -50,43 +48,24 @@ def memory(container: docker.models.containers.Container) -> dict[str, float]:
 
 def one(client: docker.DockerClient, image: str, work: Path, lean: bool, settle: float) -> dict[str, float]:
     folder = Path(tempfile.mkdtemp(prefix="srv-", dir=work))
-    folder.chmod(0o755)
-    sock, secret = folder / "sock", folder / "secret"
-    sock.mkdir(mode=0o777)
-    sock.chmod(0o777)
-    secret.mkdir()
-    (secret / "auth").write_text(SECRET)
-    environment = {"HOME": "/home/jovyan", "JUPYTER_RUNTIME_DIR": "/tmp/rt", "NBL_AUTH_FILE": AUTH_FILE}
-    if not lean:
-        environment["NBL_LEAN_SERVER"] = "0"
     t0 = time.monotonic()
-    container = client.containers.run(
-        image,
-        jupyter_command(),
-        detach=True,
-        user="1000:1000",
-        network_mode="none",
-        read_only=True,
-        environment=environment,
-        volumes={str(sock): {"bind": SOCKET_DIR, "mode": "rw"}, str(secret): {"bind": SECRET_DIR, "mode": "ro"}},
-        tmpfs={"/tmp": "rw,size=64m", "/home/jovyan": "rw,uid=1000,gid=1000,mode=0700"},
-        labels={LABEL: "server-memory"},
+    container, socket = start_bare_server(
+        client, image, folder, environment={} if lean else {"NBL_LEAN_SERVER": "0"}, label="server-memory"
     )
     try:
-        socket = sock / Path(JUPYTER_SOCKET).name
         deadline = t0 + 60
         while not socket.exists():
             if time.monotonic() > deadline:
                 raise SystemExit(f"no Jupyter socket after 60 s:\n{container.logs()[-2000:].decode(errors='replace')}")
             time.sleep(0.01)
         boot = time.monotonic() - t0
-        wait_ready(socket, SECRET, timeout=60, still_alive=lambda: True)
+        wait_ready(socket, BARE_SECRET, timeout=60, still_alive=lambda: True)
         time.sleep(settle)
         idle = memory(container)  # before anything imports nbconvert (8-11 MiB more once a notebook has opened)
         nbconvert = []
         for _ in range(2):
             t1 = time.monotonic()
-            api_get(socket, SECRET, "nbconvert", deadline=30)
+            api_get(socket, BARE_SECRET, "nbconvert", deadline=30)
             nbconvert.append(time.monotonic() - t1)
         return {"boot_s": boot, "nbconvert_1_s": nbconvert[0], "nbconvert_2_s": nbconvert[1], **idle}
     finally:

@@ -83,6 +83,18 @@ class ExecResult:
     messages: list[dict] = field(default_factory=list)
 
 
+def origin_websocket(client: Any, path: str, *, timeout: float) -> websocket.WebSocket:
+    """A WebSocket to ``path`` of a session, through the entry point, as the browser of ``client`` (a
+    ``tests.web.OriginClient`` that went through the open flow) opens it: its origin, host and cookies."""
+    return websocket.create_connection(
+        f"ws://{client.base.split('://', 1)[1]}{path}",
+        host=client.host,
+        origin=client.origin,
+        cookie=client.cookie_header(),
+        timeout=timeout,
+    )
+
+
 class Kernel:
     """A kernel in a running session, driven through the entry point (HTTP + WebSocket) by a
     browser-like client that went through the open flow (``tests.web.OriginClient``)."""
@@ -92,13 +104,7 @@ class Kernel:
         r = client.post("/api/kernels", json={"name": "python3"})
         r.raise_for_status()
         self.id = r.json()["id"]
-        self.ws = websocket.create_connection(
-            f"ws://{client.base.split('://', 1)[1]}/api/kernels/{self.id}/channels",
-            host=client.host,
-            origin=client.origin,
-            cookie=client.cookie_header(),
-            timeout=60,
-        )
+        self.ws = origin_websocket(client, f"/api/kernels/{self.id}/channels", timeout=60)
         self.session = uuid.uuid4().hex
 
     def execute(self, code: str, timeout: float = 60) -> ExecResult:
@@ -177,13 +183,7 @@ class Terminal:
         r = client.post("/api/terminals")
         r.raise_for_status()
         self.name = r.json()["name"]
-        self.ws = websocket.create_connection(
-            f"ws://{client.base.split('://', 1)[1]}/terminals/websocket/{self.name}",
-            host=client.host,
-            origin=client.origin,
-            cookie=client.cookie_header(),
-            timeout=30,
-        )
+        self.ws = origin_websocket(client, f"/terminals/websocket/{self.name}", timeout=30)
 
     def run(self, line: str, until: re.Pattern[str], timeout: float = 30) -> re.Match[str]:
         """Type ``line`` and read the terminal until ``until`` matches what it printed (not the echo of ``line``)."""
@@ -200,6 +200,46 @@ class Terminal:
     def close(self) -> None:
         self.ws.close()
         self.client.request("DELETE", f"/api/terminals/{self.name}")
+
+
+BARE_SECRET = "b" * 43  # what a bare server (below) trusts from its client
+
+
+def start_bare_server(
+    client: Any,
+    image: str,
+    folder: Path,
+    *,
+    environment: dict[str, str] | None = None,
+    volumes: dict[str, dict[str, str]] | None = None,
+    label: str,
+) -> tuple[Any, Path]:
+    """The notebook image's Jupyter server with a session's command and options (no network, the notebook user,
+    read-only, its socket and secret folders made under ``folder``) and no launcher around it: (container, the
+    path its socket will have). It trusts ``BARE_SECRET``; ``label`` marks it as ``io.nblauncher.test``'s value."""
+    from launcher.spec import AUTH_FILE, JUPYTER_SOCKET, SECRET_DIR, SOCKET_DIR, jupyter_command
+
+    folder.chmod(0o755)
+    sock, secret = folder / "sock", folder / "secret"
+    sock.mkdir()
+    sock.chmod(0o777)  # the notebook user makes its socket here
+    secret.mkdir()
+    (secret / "auth").write_text(BARE_SECRET)
+    container = client.containers.run(
+        image,
+        jupyter_command(),
+        detach=True,
+        user="1000:1000",
+        network_mode="none",
+        read_only=True,
+        environment={"HOME": "/home/jovyan", "JUPYTER_RUNTIME_DIR": "/tmp/rt", "NBL_AUTH_FILE": AUTH_FILE}
+        | (environment or {}),
+        volumes={str(sock): {"bind": SOCKET_DIR, "mode": "rw"}, str(secret): {"bind": SECRET_DIR, "mode": "ro"}}
+        | (volumes or {}),
+        tmpfs={"/tmp": "rw,size=64m", "/home/jovyan": "rw,uid=1000,gid=1000,mode=0700"},
+        labels={"io.nblauncher.test": label},
+    )
+    return container, sock / Path(JUPYTER_SOCKET).name
 
 
 class RecordingDispatcher:

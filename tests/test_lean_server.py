@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from launcher.adapters.jupyter_http import api_get
-from launcher.spec import AUTH_FILE, JUPYTER_SOCKET, SECRET_DIR, SOCKET_DIR, jupyter_command
 from tests.conftest import IMAGE, docker_or_skip
+from tests.helpers import BARE_SECRET, start_bare_server
 
 pytestmark = pytest.mark.docker
 
@@ -60,43 +60,20 @@ OUTSIDE = (
 )
 
 
-def _folder(tmp_path: Path, name: str, mode: int) -> Path:
-    path = tmp_path / name
-    path.mkdir()
-    path.chmod(mode)
-    return path
-
-
 def test_the_server_process_defers_what_it_never_uses_and_still_serves(tmp_path: Path) -> None:
-    client = docker_or_skip()
-    tmp_path.chmod(0o755)
-    sock = _folder(tmp_path, "sock", 0o777)
-    secret = _folder(tmp_path, "secret", 0o755)
-    (secret / "auth").write_text("s" * 43)
-    config = _folder(tmp_path, "config", 0o755)
+    config = tmp_path / "config"
+    config.mkdir(mode=0o755)
     (config / "jupyter_server_config.py").write_text(PROBE_CONFIG)
-    container = client.containers.run(
+    container, socket = start_bare_server(
+        docker_or_skip(),
         IMAGE,
-        jupyter_command(),
-        detach=True,
-        user="1000:1000",
-        network_mode="none",
-        environment={
-            "HOME": "/home/jovyan",
-            "JUPYTER_RUNTIME_DIR": "/tmp/rt",
-            "NBL_AUTH_FILE": AUTH_FILE,
-            "JUPYTER_CONFIG_DIR": "/probe",
-        },
-        volumes={
-            str(sock): {"bind": SOCKET_DIR, "mode": "rw"},
-            str(secret): {"bind": SECRET_DIR, "mode": "ro"},
-            str(config): {"bind": "/probe", "mode": "ro"},
-        },
-        tmpfs={"/tmp": "", "/home/jovyan/work": "uid=1000"},
-        labels={"io.nblauncher.test": "lean-server"},
+        tmp_path,
+        environment={"JUPYTER_CONFIG_DIR": "/probe"},
+        volumes={str(config): {"bind": "/probe", "mode": "ro"}},
+        label="lean-server",
     )
     try:
-        probe, socket = sock / "probe.json", sock / Path(JUPYTER_SOCKET).name
+        probe = socket.parent / "probe.json"
         deadline = time.monotonic() + 90
         while not (probe.exists() and socket.exists()) and time.monotonic() < deadline:
             container.reload()
@@ -104,7 +81,7 @@ def test_the_server_process_defers_what_it_never_uses_and_still_serves(tmp_path:
             time.sleep(0.2)
         assert socket.exists(), container.logs()[-3000:].decode(errors="replace")  # the server serves
         seen = json.loads(probe.read_text())
-        exporters = api_get(socket, "s" * 43, "nbconvert", deadline=30)  # what JupyterLab asks on opening a notebook
+        exporters = api_get(socket, BARE_SECRET, "nbconvert", deadline=30)  # what JupyterLab asks on opening a notebook
     finally:
         container.remove(force=True)
     assert seen["loaded"] == [], seen  # none of httpx, its CLI's click, requests' urllib3, isoduration's arrow
