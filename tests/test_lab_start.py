@@ -82,3 +82,50 @@ def test_the_start_does_not_wait_for_the_workspace_save_and_the_layout_still_per
     finally:
         context.close()
         client.close()
+
+
+VERIFY = "window._JUPYTERLAB['nbl-fast-settings'].get('./verify').then(f => f().default())"
+THEMES = "/lab/api/settings/@jupyterlab/apputils-extension:themes"
+
+
+def test_settings_are_the_stock_registrys_without_its_compiled_validators_and_user_settings_apply(
+    clean_stack, browser
+):
+    """The image replaces JupyterLab's setting registry plugin with one whose validator fills in defaults by walking
+    the schema where a plugin's user settings are empty (no ajv compile at each page load). Every plugin's settings
+    must equal what JupyterLab's own registry makes of the same plugins; a user's own settings still apply."""
+    st = clean_stack
+    user = st.actor("ls-sam")
+    session = st.service.wait(user, st.service.launch(user, "alpha_research").id, {SessionStatus.RUNNING}, 120)
+    assert session.status == SessionStatus.RUNNING, session.error
+    client = opened(st, session.id, user.name)
+    context = new_context(browser)
+    try:
+        with console_stand_in(st, {user.name: make_login(st.store.redis, st.settings, user.name)}):
+            open_in_browser(context, client, user.name)
+        page = context.new_page()
+        page.goto(client.origin + "/lab/tree/alpha_research.ipynb")
+        page.wait_for_selector(LISTING, timeout=60_000)
+        config = json.loads(page.eval_on_selector("#jupyter-config-data", "e => e.textContent"))
+        assert "@jupyterlab/apputils-extension:settings" in config["disabledExtensions"]
+
+        # In the page: the walk against ajv for each plugin, and a stock registry against the one in use.
+        report = page.evaluate(VERIFY)
+        assert report["plugins"] >= 60, report  # JupyterLab 4 has about 70
+        assert report["walked"] == report["plugins"] and report["fallback"] == [], report
+        assert report["mismatched"] == [], report
+        assert report["compared"] == report["plugins"] and report["differ"] == [], report
+        assert page.evaluate("document.body.dataset.jpThemeName") == "JupyterLab Light"
+
+        # A user's own setting (not empty: JupyterLab's validator checks it) applies after a reload.
+        assert client.get("/lab").status_code == 200  # the XSRF cookie
+        answer = client.request("PUT", THEMES, json={"raw": '{"theme": "JupyterLab Dark"}'})
+        assert answer.status_code == 204, (answer.status_code, answer.text[:200])
+        page.reload()
+        page.wait_for_selector(LISTING, timeout=60_000)
+        page.wait_for_function("document.body.dataset.jpThemeName === 'JupyterLab Dark'", timeout=30_000)
+        report = page.evaluate(VERIFY)
+        assert report["mismatched"] == [] and report["differ"] == [], report
+    finally:
+        context.close()
+        client.close()
