@@ -75,7 +75,7 @@ class _Capture(BaseHTTPRequestHandler):
         _Capture.seen.append(
             {"method": self.command, "path": self.path, **{k.lower(): v for k, v in self.headers.items()}}
         )
-        big = self.path.startswith(("/static/", "/api/big"))
+        big = self.path.startswith(("/static/", "/api/big", "/lab/extensions/"))
         body = (b"var x = 1;\n" * 2000) if big else json.dumps({"ok": True}).encode()
         if self.path.startswith("/lab/api/settings"):  # JupyterLab's settings: large JSON
             body = json.dumps({"settings": [{"schema": "x" * 100}] * 100}).encode()
@@ -327,14 +327,18 @@ def test_tls_with_a_wildcard_certificate(entry, workdir):
 
 
 def test_static_assets_are_compressed_and_cached_and_nothing_else_is(entry):
-    """JupyterLab's assets come gzip-compressed with a day of private browser caching; API answers are
-    never compressed (no compression oracle beside secrets) and keep their own caching headers."""
+    """JupyterLab's assets come gzip-compressed with a day of private browser caching, its extensions' files
+    compressed; API answers are never compressed (no compression oracle beside secrets) and keep their own caching headers."""
     settings, store, session, _ = entry
     browser, _ = _opened(settings, store.redis, session)
     static = browser.get("/static/lab/main.0123456789abcdef0123.js", headers={"Accept-Encoding": "gzip"})
     assert static.status_code == 200 and static.headers["content-encoding"] == "gzip"
     assert static.headers["cache-control"] == "private, max-age=86400"
     assert static.headers["x-content-type-options"] == "nosniff" and static.headers["referrer-policy"] == "no-referrer"
+    # The JupyterLab extensions' own files (the image's; each session serves them): compressed, their caching kept.
+    extension = browser.get("/lab/extensions/nbl-x/static/remoteEntry.js?v=1", headers={"Accept-Encoding": "gzip"})
+    assert extension.status_code == 200 and extension.headers["content-encoding"] == "gzip"
+    assert extension.headers["cache-control"] == "no-cache"
     api = browser.get("/api/big", headers={"Accept-Encoding": "gzip"})
     assert api.status_code == 200 and "content-encoding" not in api.headers
     assert api.headers["cache-control"] == "no-cache"
