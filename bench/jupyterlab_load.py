@@ -10,6 +10,8 @@ Three cases, each timed from the launch and with the bytes that crossed the wire
     cold browser   a new browser profile (nothing cached) opening its first session
     warm browser   the same browser opening a new session (another launch: other origin, same image)
     reload         the same session loaded again in that browser
+    third session  the same browser opening a third session: by now Chromium has compiled code cached for
+                   JupyterLab's scripts (it makes that cache on a script's second run, and uses it from the third)
 
 Each round stops the session and lets the pool refill before the next launch (a person's pace). Prints
 percentiles per case and writes bench/results/jupyterlab_load.json.
@@ -94,7 +96,7 @@ def main() -> None:
     settings = Settings.of_checkout()
     service = build_service(settings)
     actor = Actor(name=args.user, role=Role.RESEARCHER)
-    cases: dict[str, list[dict[str, float]]] = {"cold browser": [], "warm browser": [], "reload": []}
+    cases: dict[str, list[dict[str, float]]] = {"cold browser": [], "warm browser": [], "reload": [], "third session": []}
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox", f"--host-resolver-rules={RULES}"]
@@ -107,7 +109,7 @@ def main() -> None:
             login.fill("#password", _password(args.user))
             login.click("button[type=submit]")
             login.wait_for_timeout(1500)
-            for case in ("cold browser", "warm browser"):
+            for case in ("cold browser", "warm browser", "third session"):
                 _pool_full(service, settings)
                 running, usable, wire, sid = _launch_and_open(service, actor, context)
                 cases[case].append({"running_s": running, "usable_s": usable, "mb": wire / 1e6})
