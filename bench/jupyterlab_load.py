@@ -96,7 +96,8 @@ def main() -> None:
     settings = Settings.of_checkout()
     service = build_service(settings)
     actor = Actor(name=args.user, role=Role.RESEARCHER)
-    cases: dict[str, list[dict[str, float]]] = {"cold browser": [], "warm browser": [], "reload": [], "third session": []}
+    names = ("cold browser", "warm browser", "reload", "third session")
+    cases: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox", f"--host-resolver-rules={RULES}"]

@@ -1,0 +1,124 @@
+"""Benchmark: JupyterLab's setting registry, nbl-fast-settings' walk against JupyterLab's own validator, side by side.
+
+    python bench/lab_settings_ab.py [--rounds 10] [--user alice]     (after scripts/start.sh)
+
+One Chromium browser, logged in to the console as ``--user``; per load a new session (launched through the service,
+claimed from the pool) opened through the real open flow. Loads alternate between two arms that run the same plugin
+(docker/notebook/lab/labextensions/nbl-fast-settings/, served to the page from this checkout) and differ only in its
+validator: "walk" as shipped, "ajv" with the walk switched off, so every plugin goes to JupyterLab's own validator.
+The first load (the browser's cold one) is not counted. Per arm it prints medians of: page open to the file browser
+listing its files; the renderer processes' CPU-seconds over that time (/proc); the page's main-thread task time
+(CDP ``Performance.getMetrics`` TaskDuration). Writes bench/results/lab_settings_ab.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from jupyterlab_load import RULES, _password, _pool_full  # noqa: E402
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+from launcher.bootstrap import build_service  # noqa: E402
+from launcher.models import Actor, Role, SessionStatus  # noqa: E402
+from launcher.settings import Settings  # noqa: E402
+
+LAB = Path(__file__).resolve().parent.parent / "docker" / "notebook" / "lab"
+ENTRY = LAB / "labextensions" / "nbl-fast-settings" / "static" / "remoteEntry.js"
+WALK_ON = "var composite = this.composite(plugin);"
+RESULTS = Path(__file__).resolve().parent / "results" / "lab_settings_ab.json"
+
+
+def renderer_cpu_s() -> float:
+    """CPU-seconds used so far by Chromium's renderer processes."""
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if b"--type=renderer" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, ValueError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=10, help="loads per arm")
+    parser.add_argument("--user", default="alice")
+    args = parser.parse_args()
+    settings = Settings.of_checkout()
+    service = build_service(settings)
+    actor = Actor(name=args.user, role=Role.RESEARCHER)
+    walk = ENTRY.read_text()
+    ajv = walk.replace(WALK_ON, "var composite = undefined;")
+    if ajv == walk:
+        raise SystemExit(f"{ENTRY} no longer has {WALK_ON!r}: update this benchmark")
+    arm = {"now": "walk"}
+    rows: dict[str, list[dict[str, float]]] = {"walk": [], "ajv": []}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox", f"--host-resolver-rules={RULES}"]
+        )
+        context = browser.new_context()
+
+        def serve(route: Any) -> None:
+            route.fulfill(body=walk if arm["now"] == "walk" else ajv, content_type="application/javascript")
+
+        context.route("**/lab/extensions/nbl-fast-settings/static/remoteEntry.js*", serve)
+        login = context.new_page()
+        login.goto(f"{settings.console_url}/login")
+        login.fill("#username", args.user)
+        login.fill("#password", _password(args.user))
+        login.click("button[type=submit]")
+        login.wait_for_timeout(1500)
+        for i in range(2 * args.rounds + 1):
+            arm["now"] = ("ajv", "walk")[i % 2]
+            _pool_full(service, settings)
+            session = service.launch(actor, "alpha_research")
+            session = service.wait(actor, session.id, {SessionStatus.RUNNING}, 120, poll=0.01)
+            if session.status != SessionStatus.RUNNING:
+                raise SystemExit(f"launch failed: {session.error}")
+            page = context.new_page()
+            cdp = context.new_cdp_session(page)
+            cdp.send("Performance.enable")
+            cpu0, t0 = renderer_cpu_s(), time.monotonic()
+            page.goto(f"{session.url.rstrip('/')}/_nbl/start")
+            page.wait_for_selector(".jp-DirListing-content .jp-DirListing-item", timeout=60_000)
+            took, cpu = time.monotonic() - t0, renderer_cpu_s() - cpu0
+            metrics = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+            page.close()
+            service.stop(actor, session_id=session.id)
+            service.wait(actor, session.id, {SessionStatus.STOPPED}, 60)
+            if i == 0:
+                continue  # the browser's first (cold) load
+            row = {"open_s": took, "renderer_cpu_s": cpu, "main_thread_task_s": float(metrics["TaskDuration"])}
+            rows[arm["now"]].append(row)
+            task = row["main_thread_task_s"]
+            print(f"{arm['now']:>4}: {took:.3f} s, renderer {cpu:.2f} CPU-s, main thread {task:.3f} s")
+        browser.close()
+    report: dict[str, Any] = {}
+    for name, values in rows.items():
+        medians = {key: round(statistics.median(r[key] for r in values), 3) for key in values[0]}
+        report[name] = medians | {"n": len(values)}
+        print(
+            f"{name:>4}: open to file browser p50 {medians['open_s']:.3f} s, renderer {medians['renderer_cpu_s']:.2f}"
+            f" CPU-s, main-thread tasks {medians['main_thread_task_s']:.3f} s, n={len(values)}"
+        )
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
