@@ -135,7 +135,7 @@ def list_images(client: ImageClient) -> list[ImageInfo]:
 
 def container_image_ids(client: ImageClient) -> set[str]:
     """The images of all containers, running or stopped: the engine refuses to remove those anyway."""
-    return {str(c.attrs["Image"]) for c in client.containers.list(all=True)}
+    return {str(c.attrs["Image"]) for c in client.containers.list(all=True, ignore_removed=True)}
 
 
 def prune_images(

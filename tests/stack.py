@@ -246,12 +246,8 @@ class Stack:
     def containers(self, **labels: str) -> list:
         filters = [f"{LABEL_PREFIX}.instance={self.settings.instance}"]
         filters += [f"{LABEL_PREFIX}.{k}={v}" for k, v in labels.items()]
-        for _ in range(5):  # a container removed between the list and its inspect: list again
-            try:
-                return self.docker.containers.list(all=True, filters={"label": filters})
-            except docker.errors.NotFound:
-                continue
-        return self.docker.containers.list(all=True, filters={"label": filters})
+        # a container removed between the list and its inspect is left out
+        return self.docker.containers.list(all=True, filters={"label": filters}, ignore_removed=True)
 
     def stop_everything(self) -> None:
         admin = Actor.operator("test-cleanup")

@@ -98,3 +98,31 @@ def test_exited_container_reports_exited_and_lists_with_labels(driver):
     [listed] = driver.runtime.list_managed(driver.instance)
     assert listed.name == name and listed.state == ContainerState.EXITED and listed.session_id == "cccccccccccc"
     assert driver.runtime.list_managed(random_instance()) == []
+
+
+@pytest.mark.docker
+def test_a_container_removed_while_the_engine_lists_is_left_out_not_an_error():
+    """docker-py lists containers, then inspects each: a container removed in between (by a second reconcile, or a
+    stop) must be left out of the list, not fail it. CI saw a reconcile raise "the Docker engine refused the
+    notebook container" from exactly this."""
+    d = DockerDriver()
+    instance = random_instance()
+    keep, gone = f"{instance}-nb-dddddddddddd", f"{instance}-nb-eeeeeeeeeeee"
+    try:
+        d.runtime.start(d.spec(instance, keep))
+        d.runtime.start(d.spec(instance, gone))
+        engine_list = d.client.api.containers
+
+        def list_then_remove(*args, **kwargs):
+            answer = engine_list(*args, **kwargs)
+            d.client.api.remove_container(gone, force=True)  # removed after the list, before the inspect
+            return answer
+
+        d.client.api.containers = list_then_remove
+        try:
+            listed = d.runtime.list_managed(instance)
+        finally:
+            d.client.api.containers = engine_list
+        assert [c.name for c in listed] == [keep]
+    finally:
+        d.cleanup(instance)

@@ -180,8 +180,8 @@ class DockerRuntime:
 
     def list_labelled(self, label: str) -> list[ManagedContainer]:
         """Every container on this engine with this label (``key=value``)."""
-        with _docker_errors():
-            containers = self._client.containers.list(all=True, filters={"label": label})
+        with _docker_errors():  # one removed between the engine's list and its inspect is left out, not an error
+            containers = self._client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
         return [
             ManagedContainer(id=str(c.id), name=str(c.name), state=_state_of(c.attrs), labels=dict(c.labels))
             for c in containers
