@@ -1,11 +1,16 @@
 """Benchmark: JupyterLab's setting registry, nbl-fast-settings' walk against JupyterLab's own validator, side by side.
 
-    python bench/lab_settings_ab.py [--rounds 10] [--user alice]     (after scripts/start.sh)
+    python bench/lab_settings_ab.py [--rounds 10] [--user alice] [--pool-boot]     (after scripts/start.sh)
 
 One Chromium browser, logged in to the console as ``--user``; per load a new session (launched through the service,
 claimed from the pool) opened through the real open flow. Loads alternate between two arms that run the same plugin
 (docker/notebook/lab/labextensions/nbl-fast-settings/, served to the page from this checkout) and differ only in its
 validator: "walk" as shipped, "ajv" with the walk switched off, so every plugin goes to JupyterLab's own validator.
+With ``--pool-boot`` the two arms are instead "boot" and "none": the walk in both, and in "boot" a bare Jupyter server
+of the notebook image (a pool container's boot, at the pool's CPU weight) starting just before the page opens, to see
+whether the pool's refill after a claim slows the claimed session's first load. In this mode each load waits for the
+product's own refill to finish before the page opens, so "none" has no boot during the load and "boot" has one.
+
 The first load (the browser's cold one) is not counted. Per arm it prints medians of: page open to the file browser
 listing its files; the renderer processes' CPU-seconds over that time (/proc); the page's main-thread task time
 (CDP ``Performance.getMetrics`` TaskDuration). Writes bench/results/lab_settings_ab.json.
@@ -18,6 +23,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -53,10 +59,24 @@ def renderer_cpu_s() -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def start_pool_boot(settings: Settings) -> Any:
+    """A bare Jupyter server of the notebook image, booting at the pool's CPU weight (tests.helpers)."""
+    import docker
+
+    from tests.helpers import start_bare_server
+    from workers.pool import POOL_CPU_SHARES
+
+    folder = Path(tempfile.mkdtemp(prefix="nbl-bench-boot-", dir="/tmp"))
+    container, _ = start_bare_server(docker.from_env(), settings.notebook_image, folder, label="lab-settings-ab")
+    container.update(cpu_shares=POOL_CPU_SHARES)
+    return container
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=10, help="loads per arm")
     parser.add_argument("--user", default="alice")
+    parser.add_argument("--pool-boot", action="store_true", help="compare a pool boot during the load with none")
     args = parser.parse_args()
     settings = Settings.of_checkout()
     service = build_service(settings)
@@ -65,8 +85,9 @@ def main() -> None:
     ajv = walk.replace(WALK_ON, "var composite = undefined;")
     if ajv == walk:
         raise SystemExit(f"{ENTRY} no longer has {WALK_ON!r}: update this benchmark")
-    arm = {"now": "walk"}
-    rows: dict[str, list[dict[str, float]]] = {"walk": [], "ajv": []}
+    arms = ("none", "boot") if args.pool_boot else ("ajv", "walk")
+    arm = {"now": arms[1]}
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in arms}
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox", f"--host-resolver-rules={RULES}"]
@@ -74,7 +95,7 @@ def main() -> None:
         context = browser.new_context()
 
         def serve(route: Any) -> None:
-            route.fulfill(body=walk if arm["now"] == "walk" else ajv, content_type="application/javascript")
+            route.fulfill(body=ajv if arm["now"] == "ajv" else walk, content_type="application/javascript")
 
         context.route("**/lab/extensions/nbl-fast-settings/static/remoteEntry.js*", serve)
         login = context.new_page()
@@ -84,12 +105,15 @@ def main() -> None:
         login.click("button[type=submit]")
         login.wait_for_timeout(1500)
         for i in range(2 * args.rounds + 1):
-            arm["now"] = ("ajv", "walk")[i % 2]
+            arm["now"] = arms[i % 2]
             _pool_full(service, settings)
             session = service.launch(actor, "alpha_research")
             session = service.wait(actor, session.id, {SessionStatus.RUNNING}, 120, poll=0.01)
             if session.status != SessionStatus.RUNNING:
                 raise SystemExit(f"launch failed: {session.error}")
+            if args.pool_boot:
+                _pool_full(service, settings)  # the product's own refill done: "none" has no boot during the load
+            booting = start_pool_boot(settings) if arm["now"] == "boot" else None
             page = context.new_page()
             cdp = context.new_cdp_session(page)
             cdp.send("Performance.enable")
@@ -99,6 +123,8 @@ def main() -> None:
             took, cpu = time.monotonic() - t0, renderer_cpu_s() - cpu0
             metrics = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
             page.close()
+            if booting is not None:
+                booting.remove(force=True)
             service.stop(actor, session_id=session.id)
             service.wait(actor, session.id, {SessionStatus.STOPPED}, 60)
             if i == 0:
