@@ -44,6 +44,16 @@ def _password(user: str) -> str:
     return next(line.split()[2] for line in lines if line.startswith(f"{user} "))
 
 
+def log_in(context: Any, settings: Settings, user: str) -> None:
+    """Log ``user`` in to the console in this browser context (its password from var/initial-passwords)."""
+    login = context.new_page()
+    login.goto(f"{settings.console_url}/login")
+    login.fill("#username", user)
+    login.fill("#password", _password(user))
+    login.click("button[type=submit]")
+    login.wait_for_timeout(1500)
+
+
 def _pool_full(service: Any, settings: Settings, timeout: float = 120) -> None:
     want = sum(settings.pool_sizes.values())
     deadline = time.monotonic() + timeout
@@ -104,12 +114,7 @@ def main() -> None:
         )
         for _ in range(args.rounds):
             context = browser.new_context()  # a new profile: nothing cached
-            login = context.new_page()
-            login.goto(f"{settings.console_url}/login")
-            login.fill("#username", args.user)
-            login.fill("#password", _password(args.user))
-            login.click("button[type=submit]")
-            login.wait_for_timeout(1500)
+            log_in(context, settings, args.user)
             for case in ("cold browser", "warm browser", "third session"):
                 _pool_full(service, settings)
                 running, usable, wire, sid = _launch_and_open(service, actor, context)

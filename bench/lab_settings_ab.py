@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from jupyterlab_load import RULES, _password, _pool_full  # noqa: E402
+from jupyterlab_load import RULES, _pool_full, log_in  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from launcher.bootstrap import build_service  # noqa: E402
@@ -98,12 +98,7 @@ def main() -> None:
             route.fulfill(body=ajv if arm["now"] == "ajv" else walk, content_type="application/javascript")
 
         context.route("**/lab/extensions/nbl-fast-settings/static/remoteEntry.js*", serve)
-        login = context.new_page()
-        login.goto(f"{settings.console_url}/login")
-        login.fill("#username", args.user)
-        login.fill("#password", _password(args.user))
-        login.click("button[type=submit]")
-        login.wait_for_timeout(1500)
+        log_in(context, settings, args.user)
         for i in range(2 * args.rounds + 1):
             arm["now"] = arms[i % 2]
             _pool_full(service, settings)

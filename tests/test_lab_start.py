@@ -9,14 +9,17 @@ next load, and ``?reset`` clears it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from launcher.models import SessionStatus
 from tests.helpers import new_context, wait_for
 from tests.test_browser_origins import console_stand_in, open_in_browser
-from tests.web import make_login, opened
+from tests.web import OriginClient, make_login, opened
 
 pytestmark = pytest.mark.docker
 LISTING = ".jp-DirListing-content .jp-DirListing-item"
@@ -42,9 +45,11 @@ def _until(page, predicate, what: str, timeout: float = 30) -> None:
     wait_for(check, timeout, what)
 
 
-def test_the_start_does_not_wait_for_the_workspace_save_and_the_layout_still_persists(clean_stack, browser):
-    st = clean_stack
-    user = st.actor("ls-lena")
+@contextlib.contextmanager
+def _lab_open(st, browser, name: str) -> Iterator[tuple[OriginClient, Any]]:
+    """A new session of ``name``'s opened in its own browser context, JupyterLab loaded on the template notebook until
+    the file browser lists files: (the origin's client, the page). Both are closed afterwards."""
+    user = st.actor(name)
     session = st.service.wait(user, st.service.launch(user, "alpha_research").id, {SessionStatus.RUNNING}, 120)
     assert session.status == SessionStatus.RUNNING, session.error
     client = opened(st, session.id, user.name)
@@ -55,6 +60,14 @@ def test_the_start_does_not_wait_for_the_workspace_save_and_the_layout_still_per
         page = context.new_page()
         page.goto(client.origin + "/lab/tree/alpha_research.ipynb")
         page.wait_for_selector(LISTING, timeout=60_000)
+        yield client, page
+    finally:
+        context.close()
+        client.close()
+
+
+def test_the_start_does_not_wait_for_the_workspace_save_and_the_layout_still_persists(clean_stack, browser):
+    with _lab_open(clean_stack, browser, "ls-lena") as (client, page):
         page.wait_for_selector(NOTEBOOK_TAB, timeout=60_000)
 
         # The replacement is what runs, and the core plugin is off.
@@ -79,9 +92,6 @@ def test_the_start_does_not_wait_for_the_workspace_save_and_the_layout_still_per
         page.wait_for_timeout(1500)
         assert page.locator(NOTEBOOK_TAB).count() == 0
         _until(page, lambda: "notebook:alpha_research.ipynb" not in _workspace(client), "the cleared workspace")
-    finally:
-        context.close()
-        client.close()
 
 
 VERIFY = "window._JUPYTERLAB['nbl-fast-settings'].get('./verify').then(f => f().default())"
@@ -94,18 +104,7 @@ def test_settings_are_the_stock_registrys_without_its_compiled_validators_and_us
     """The image replaces JupyterLab's setting registry plugin with one whose validator fills in defaults by walking
     the schema where a plugin's user settings are empty (no ajv compile at each page load). Every plugin's settings
     must equal what JupyterLab's own registry makes of the same plugins; a user's own settings still apply."""
-    st = clean_stack
-    user = st.actor("ls-sam")
-    session = st.service.wait(user, st.service.launch(user, "alpha_research").id, {SessionStatus.RUNNING}, 120)
-    assert session.status == SessionStatus.RUNNING, session.error
-    client = opened(st, session.id, user.name)
-    context = new_context(browser)
-    try:
-        with console_stand_in(st, {user.name: make_login(st.store.redis, st.settings, user.name)}):
-            open_in_browser(context, client, user.name)
-        page = context.new_page()
-        page.goto(client.origin + "/lab/tree/alpha_research.ipynb")
-        page.wait_for_selector(LISTING, timeout=60_000)
+    with _lab_open(clean_stack, browser, "ls-sam") as (client, page):
         config = json.loads(page.eval_on_selector("#jupyter-config-data", "e => e.textContent"))
         assert "@jupyterlab/apputils-extension:settings" in config["disabledExtensions"]
 
@@ -126,6 +125,3 @@ def test_settings_are_the_stock_registrys_without_its_compiled_validators_and_us
         page.wait_for_function("document.body.dataset.jpThemeName === 'JupyterLab Dark'", timeout=30_000)
         report = page.evaluate(VERIFY)
         assert report["mismatched"] == [] and report["differ"] == [], report
-    finally:
-        context.close()
-        client.close()
