@@ -1,14 +1,15 @@
 """Benchmark: an idle session's Jupyter server, with and without the lean start (docker/notebook/nbl_lean_server.py),
-alternating: memory once it is idle, the time until its socket answers, and what JupyterLab's ``GET /api/nbconvert``
-(asked each time a notebook opens) costs, first and second time.
+alternating: memory once it is idle, the time until its socket answers, the two answers JupyterLab's first page waits
+for (``GET /api/kernelspecs`` and ``GET /lab/api/settings``, each the server's first), what ``GET /api/nbconvert``
+(asked each time a notebook opens) costs, first and second time, and the memory after all of those.
 
     python bench/server_memory.py [--rounds 3] [--image launcher-notebook:latest] [--settle 6]
 
 Each round starts two containers of the notebook image with the session's command and options (no network, the
 session's user, its socket and secret folders), one with ``NBL_LEAN_SERVER=0``. When the socket appears the boot is
 timed; after ``--settle`` seconds PSS, RSS and anonymous memory are summed over the container's processes from
-``/proc/<pid>/smaps_rollup`` (run as root on the Docker host); then ``/api/nbconvert`` is timed twice. Containers
-are removed at the end of each round.
+``/proc/<pid>/smaps_rollup`` (run as root on the Docker host); then the first page's two answers are timed, then
+``/api/nbconvert`` twice, then memory again. Containers are removed at the end of each round.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import docker  # noqa: E402
 
 from launcher.adapters.jupyter_http import api_get, wait_ready  # noqa: E402
 from launcher.settings import Settings  # noqa: E402
-from tests.helpers import BARE_SECRET, start_bare_server  # noqa: E402
+from tests.helpers import BARE_SECRET, lab_get, start_bare_server  # noqa: E402
 
 FIELDS = {"Pss": "pss", "Rss": "rss", "Anonymous": "anon"}
 
@@ -62,12 +63,27 @@ def one(client: docker.DockerClient, image: str, work: Path, lean: bool, settle:
         wait_ready(socket, BARE_SECRET, timeout=60, still_alive=lambda: True)
         time.sleep(settle)
         idle = memory(container)  # before anything imports nbconvert (8-11 MiB more once a notebook has opened)
+        t1 = time.monotonic()
+        api_get(socket, BARE_SECRET, "kernelspecs", deadline=30)
+        kernelspecs = time.monotonic() - t1
+        t1 = time.monotonic()
+        lab_get(socket, "/lab/api/settings")
+        settings = time.monotonic() - t1
         nbconvert = []
         for _ in range(2):
             t1 = time.monotonic()
             api_get(socket, BARE_SECRET, "nbconvert", deadline=30)
             nbconvert.append(time.monotonic() - t1)
-        return {"boot_s": boot, "nbconvert_1_s": nbconvert[0], "nbconvert_2_s": nbconvert[1], **idle}
+        after = memory(container)
+        return {
+            "boot_s": boot,
+            "kernelspecs_s": kernelspecs,
+            "settings_s": settings,
+            "nbconvert_1_s": nbconvert[0],
+            "nbconvert_2_s": nbconvert[1],
+            **idle,
+            "pss_after": after["pss"],
+        }
     finally:
         container.remove(force=True)
 
@@ -88,20 +104,23 @@ def main() -> None:
                 m = one(client, args.image, work, name == "lean", args.settle)
                 runs[name].append(m)
                 print(
-                    f"round {i + 1} {name:5s}: boot {m['boot_s']:.3f} s, /api/nbconvert {m['nbconvert_1_s']:.3f} s "
-                    f"then {m['nbconvert_2_s']:.3f} s, PSS {m['pss']:.1f} MiB, RSS {m['rss']:.1f} MiB, "
-                    f"anonymous {m['anon']:.1f} MiB ({m['processes']:.0f} processes)",
+                    f"round {i + 1} {name:5s}: boot {m['boot_s']:.3f} s, kernel specs {m['kernelspecs_s']:.3f} s, "
+                    f"settings {m['settings_s']:.3f} s, /api/nbconvert {m['nbconvert_1_s']:.3f} s "
+                    f"then {m['nbconvert_2_s']:.3f} s, PSS {m['pss']:.1f} MiB (after those {m['pss_after']:.1f}), "
+                    f"RSS {m['rss']:.1f} MiB, anonymous {m['anon']:.1f} MiB ({m['processes']:.0f} processes)",
                     flush=True,
                 )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for name, values in runs.items():
-        keys = ("boot_s", "nbconvert_1_s", "nbconvert_2_s", "pss", "rss", "anon")
-        med = {k: statistics.median(v[k] for v in values) for k in keys}
+        keys = ("boot_s", "kernelspecs_s", "settings_s", "nbconvert_1_s", "nbconvert_2_s", "pss", "rss", "anon")
+        med = {k: statistics.median(v[k] for v in values) for k in (*keys, "pss_after")}
         print(
             f"{name:5s} (median of {len(values)}): PSS {med['pss']:.1f} MiB, RSS {med['rss']:.1f} MiB, "
             f"anonymous {med['anon']:.1f} MiB; container start to socket {med['boot_s']:.3f} s; "
-            f"/api/nbconvert {med['nbconvert_1_s']:.3f} s, then {med['nbconvert_2_s']:.3f} s"
+            f"first /api/kernelspecs {med['kernelspecs_s']:.3f} s, first /lab/api/settings {med['settings_s']:.3f} s; "
+            f"/api/nbconvert {med['nbconvert_1_s']:.3f} s, then {med['nbconvert_2_s']:.3f} s; "
+            f"PSS after those {med['pss_after']:.1f} MiB"
         )
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from launcher.adapters.jupyter_http import api_get
 from tests.conftest import IMAGE, docker_or_skip
-from tests.helpers import BARE_SECRET, start_bare_server
+from tests.helpers import BARE_SECRET, lab_get, start_bare_server, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -108,3 +108,90 @@ def test_other_python_processes_import_as_always() -> None:
         labels={"io.nblauncher.test": "lean-server"},
     )
     assert json.loads(out) == ["module", True, "jupyterlab.extensions.pypi", "importlib.metadata"]
+
+
+# Counts the settings schemas' meta-schema checks (jsonschema's own Draft7Validator.check_schema, called by the stock
+# settings code or by the lean stand-in) and, when asked (a file "ask" beside the socket), records them and which
+# of IPython and ipykernel the server process has imported.
+FIRST_PAGE_PROBE = """
+import json, os, sys, threading, time
+import jsonschema
+
+_checks = []
+_stock = jsonschema.Draft7Validator.check_schema.__func__
+
+def _counting(cls, schema, *args, **kwargs):
+    if sys._getframe(1).f_globals["__name__"] in ("jupyterlab_server.settings_utils", "nbl_lean_server"):
+        _checks.append(1)
+    return _stock(cls, schema, *args, **kwargs)
+
+jsonschema.Draft7Validator.check_schema = classmethod(_counting)
+
+def _record():
+    deadline = time.monotonic() + 120
+    while not os.path.exists("/run/nb/ask") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    seen = {"checks": len(_checks), "imported": sorted(m for m in ("IPython", "ipykernel") if m in sys.modules)}
+    with open("/run/nb/seen.tmp", "w") as f:
+        json.dump(seen, f)
+    os.rename("/run/nb/seen.tmp", "/run/nb/seen.json")
+
+threading.Thread(target=_record, daemon=True).start()
+"""
+
+# A default the image's build never saw: this one plugin's schema differs from the recorded one (overrides applied).
+OVERRIDE = {"@jupyterlab/apputils-extension:themes": {"theme": "JupyterLab Dark"}}
+
+
+def _first_page_answers(tmp_path: Path, lean: str) -> tuple[object, object, dict[str, object]]:
+    """A bare server's answers to the first page's kernel specs and settings, and what its process then held."""
+    folder = tmp_path / f"lean-{lean}"
+    config = folder / "config"
+    (config / "labconfig").mkdir(parents=True)
+    folder.chmod(0o755)
+    config.chmod(0o755)
+    (config / "labconfig").chmod(0o755)
+    (config / "jupyter_server_config.py").write_text(FIRST_PAGE_PROBE)
+    (config / "labconfig" / "default_setting_overrides.json").write_text(json.dumps(OVERRIDE))
+    (folder / "run").mkdir()
+    container, socket = start_bare_server(
+        docker_or_skip(),
+        IMAGE,
+        folder / "run",
+        environment={"JUPYTER_CONFIG_DIR": "/probe", "NBL_LEAN_SERVER": lean},
+        volumes={str(config): {"bind": "/probe", "mode": "ro"}},
+        label="lean-server",
+    )
+    try:
+        wait_for(socket.exists, 90, "the server's socket")
+        kernelspecs = api_get(socket, BARE_SECRET, "kernelspecs", deadline=30)
+        settings = lab_get(socket, "/lab/api/settings")
+        (socket.parent / "ask").touch()
+        seen_file = socket.parent / "seen.json"
+        wait_for(seen_file.exists, 30, "the probe's record")
+        return kernelspecs, settings, json.loads(seen_file.read_text())
+    finally:
+        container.remove(force=True)
+
+
+def test_the_first_page_gets_the_stock_answers_without_ipython_or_rechecking_the_images_schemas(
+    tmp_path: Path,
+) -> None:
+    """Kernel specs without importing IPython or ipykernel, and settings without the meta-schema check of the schemas
+    the image's build checked: the same answers as the stock server (NBL_LEAN_SERVER=0), and a schema the build did
+    not see (here: a default overridden in the user's labconfig) is still checked."""
+    lean_specs, lean_settings, lean_seen = _first_page_answers(tmp_path, "1")
+    stock_specs, stock_settings, stock_seen = _first_page_answers(tmp_path, "0")
+    assert stock_seen["imported"] == ["IPython", "ipykernel"], stock_seen  # what the stock server pays for
+    assert lean_seen["imported"] == [], lean_seen
+    assert lean_specs == stock_specs
+    assert set(lean_specs["kernelspecs"]) == {"python3"}, lean_specs  # type: ignore[index]
+    assert lean_settings == stock_settings
+    plugins = {p["id"]: p for p in lean_settings["settings"]}  # type: ignore[index]
+    assert len(plugins) > 60, sorted(plugins)
+    themes = plugins["@jupyterlab/apputils-extension:themes"]["schema"]["properties"]["theme"]
+    assert themes["default"] == "JupyterLab Dark", themes  # the override is served
+    # The stock answer checks every schema (and the translations' once more, for the language to answer in); the lean
+    # one only the schema the build did not see.
+    assert stock_seen["checks"] >= len(plugins), stock_seen
+    assert lean_seen["checks"] == 1, lean_seen
