@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from jupyterlab_load import RULES, _pool_full, log_in  # noqa: E402
+from jupyterlab_load import RULES, _pool_full, log_in, renderer_cpu_s  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from launcher.bootstrap import build_service  # noqa: E402
@@ -42,21 +41,6 @@ LAB = Path(__file__).resolve().parent.parent / "docker" / "notebook" / "lab"
 ENTRY = LAB / "labextensions" / "nbl-fast-settings" / "static" / "remoteEntry.js"
 WALK_ON = "var composite = this.composite(plugin);"
 RESULTS = Path(__file__).resolve().parent / "results" / "lab_settings_ab.json"
-
-
-def renderer_cpu_s() -> float:
-    """CPU-seconds used so far by Chromium's renderer processes."""
-    total = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if b"--type=renderer" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                continue
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, ValueError):
-            continue
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def start_pool_boot(settings: Settings) -> Any:
