@@ -52,6 +52,12 @@ case $cmd in
     chown "$LAUNCHER_SERVICE_UID:$LAUNCHER_SERVICE_UID" "$LAUNCHER_STATE/console"
     chmod 700 "$LAUNCHER_STATE/console"
     scripts/sample-data.sh "$LAUNCHER_STATE/data"
+    # The warm pool's slots folder: a mount point with shared propagation on the host, so that the worker's binds
+    # (made in its container, on its rshared view of this folder) reach the notebooks (docs/operations.md).
+    slots=$LAUNCHER_STATE/pool-slots
+    mkdir -p "$slots" && chmod 755 "$slots"
+    findmnt -rn --mountpoint "$slots" >/dev/null || mount --bind "$slots" "$slots"
+    mount --make-rshared "$slots"
     compose up -d "$@"
     for _ in $(seq 100); do
       curl -sf "http://127.0.0.1:$LAUNCHER_PORT/healthz" >/dev/null && break
@@ -81,6 +87,24 @@ case $cmd in
     log "console http://127.0.0.1:$LAUNCHER_CONSOLE_PORT  entry point http://127.0.0.1:$LAUNCHER_PORT" \
       " flower http://127.0.0.1:$LAUNCHER_FLOWER_PORT (user operator, password: LAUNCHER_FLOWER_PASSWORD in $secrets)"
     log "launch: scripts/compose.sh exec -T console python3 -m launcher.cli start --user alice --template alpha_research --wait"
+    ;;
+  down)
+    # The warm pool goes with its worker: stop the worker (it would refill the pool), remove this instance's idle pool
+    # notebooks (a claimed one has its session's name and is left running, like every session), then release the
+    # slots folder unless a session still has a workspace bound in it.
+    compose stop worker
+    idle=$(docker ps -aq --filter "name=^${LAUNCHER_INSTANCE:-nbl}-pool-" --filter "label=io.nblauncher.pool")
+    if [[ -n $idle ]]; then docker rm -f $idle >/dev/null; fi
+    compose down "$@"
+    slots=$LAUNCHER_STATE/pool-slots
+    if findmnt -rn --mountpoint "$slots" >/dev/null; then
+      if findmnt -rn -o TARGET | awk -v p="$slots/" 'index($0, p) == 1 {held = 1} END {exit !held}'; then
+        log "$slots stays mounted: sessions still have workspaces bound there (stop them, then down again)"
+      else
+        umount "$slots"
+        find "$slots" -mindepth 1 -maxdepth 1 -type d -empty -delete
+      fi
+    fi
     ;;
   *) compose "$cmd" "$@" ;;
 esac

@@ -9,6 +9,7 @@ import shutil
 import stat
 import subprocess
 import textwrap
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -86,6 +87,11 @@ def test_compose_file_refuses_to_start_without_secrets_and_is_safe_by_default(tm
         ]
     )
     assert console["environment"]["LAUNCHER_TEMPLATES_DIR"] == f"{REPO_ROOT}/notebooks/templates"
+    # Extra privilege: only the worker (which holds the Docker socket anyway) may mount, for the warm pool's binds;
+    # no service is privileged.
+    added = {name: svc.get("cap_add", []) for name, svc in services.items() if svc.get("cap_add")}
+    assert added == {"worker": ["SYS_ADMIN"]}, added
+    assert not any(svc.get("privileged") for svc in services.values())
     assert "LAUNCHER_COOKIE_SECRET" not in services["worker"]["environment"]
     assert "LAUNCHER_FLOWER_PASSWORD" not in services["console"]["environment"]
 
@@ -113,6 +119,15 @@ CONSOLE_LAUNCH = textwrap.dedent(
         session = service.wait(actor, session.id, {SessionStatus.STOPPED}, timeout=120)
     print(json.dumps({"templates": templates, "cards": cards, "status": session.status.value, "url": session.url}))
     """
+)
+
+
+POOL_IDLE = (
+    "import logging; logging.disable(logging.WARNING)\n"
+    "from launcher.bootstrap import build_service\n"
+    "from launcher.settings import Settings\n"
+    "s = Settings()\n"
+    "print(sum(r.get('state') == 'idle' for r in build_service(s).store.pool_slots(s.host_name).values()))"
 )
 
 
@@ -208,12 +223,18 @@ def test_compose_up_launch_from_cli_and_console_stop_down(workdir):
         control = httpx.post(f"http://127.0.0.1:{flower}/api/worker/shutdown/{name}", auth=auth, timeout=20)
         assert control.status_code == 403 and "Read only" in control.text
 
-        # A launch from the operator CLI and one through the console's own service path.
+        # A launch from the operator CLI and one through the console's own service path. The worker keeps a warm
+        # pool here too: the CLI's launch claims a pool notebook, whose workspace the worker bound from its container.
         wait_for(lambda: "ready." in compose("logs", "worker").stdout, 60, "the compose worker")
+        wait_for(lambda: int(compose("exec", "-T", "worker", "python3", "-c", POOL_IDLE).stdout or 0) >= 1, 180,
+                 "an idle pool notebook")  # fmt: skip
         start = cli("start", "--user", "compose-cat", "--service-account", "--template", "alpha_research", "--wait", "--json")
         assert start.returncode == 0, start.stderr + start.stdout
         record = json.loads(start.stdout)
         assert record["status"] == "running"
+        assert record["pool_slot"], record  # warm: a claim, not a cold start
+        work = client.containers.get(record["container_id"]).exec_run(["ls", "/home/jovyan/work"])
+        assert work.exit_code == 0 and "alpha_research.ipynb" in work.output.decode(), work.output
         launched = compose("exec", "-T", "console", "python3", "-c", CONSOLE_LAUNCH, "compose-dog", "launch")
         assert launched.returncode == 0, launched.stderr[-3000:]
         shown = json.loads(launched.stdout.strip().splitlines()[-1])
@@ -233,3 +254,8 @@ def test_compose_up_launch_from_cli_and_console_stop_down(workdir):
             c.remove(force=True)
     assert down.returncode == 0, down.stderr
     assert client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}) == []
+    # down took the warm pool with it: no pool notebook left, the slots folder released and empty.
+    assert client.containers.list(all=True, filters={"name": f"{instance}-pool-"}) == []
+    slots = str(state / "pool-slots")
+    assert not any(line.split()[4].startswith(slots) for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    assert list((state / "pool-slots").iterdir()) == []
