@@ -7,8 +7,8 @@ launches a session for that user through the service (the click on Launch), wait
 through the real open flow (the click on Open) and waits for JupyterLab's file browser with its files listed.
 Each round is a new browser with a new profile on disk, as a researcher's browser has: Chromium keeps compiled
 JavaScript in the profile's code cache, which a private (incognito) context does not have (``--private`` measures
-that way, as this benchmark did before). Cases, each timed from
-the launch and with the bytes that crossed the wire (CDP ``encodedDataLength``):
+that way, as this benchmark did before). Cases, each timed from the launch and with the bytes that crossed the wire
+(CDP ``encodedDataLength``):
 
     cold browser       a new browser profile (nothing cached) opening its first session
     warm browser       the same browser opening a new session (another launch: other origin, same image)

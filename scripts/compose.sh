@@ -93,8 +93,8 @@ case $cmd in
     # notebooks (a claimed one has its session's name and is left running, like every session), then release the
     # slots folder unless a session still has a workspace bound in it.
     compose stop worker
-    idle=$(docker ps -aq --filter "name=^${LAUNCHER_INSTANCE:-nbl}-pool-" --filter "label=io.nblauncher.pool")
-    if [[ -n $idle ]]; then docker rm -f $idle >/dev/null; fi
+    mapfile -t idle < <(docker ps -aq --filter "name=^${LAUNCHER_INSTANCE:-nbl}-pool-" --filter "label=io.nblauncher.pool")
+    if ((${#idle[@]})); then docker rm -f "${idle[@]}" >/dev/null; fi
     compose down "$@"
     slots=$LAUNCHER_STATE/pool-slots
     if findmnt -rn --mountpoint "$slots" >/dev/null; then
