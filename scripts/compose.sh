@@ -90,11 +90,16 @@ case $cmd in
     ;;
   down)
     # The warm pool goes with its worker: stop the worker (it would refill the pool), remove this instance's idle pool
-    # notebooks (a claimed one has its session's name and is left running, like every session), then release the
-    # slots folder unless a session still has a workspace bound in it.
+    # notebooks (a claimed one has its session's name and is left running, like every session) and what the worker
+    # left half done, then release the slots folder unless a session still has a workspace bound in it.
     compose stop worker
     mapfile -t idle < <(docker ps -aq --filter "name=^${LAUNCHER_INSTANCE:-nbl}-pool-" --filter "label=io.nblauncher.pool")
     if ((${#idle[@]})); then docker rm -f "${idle[@]}" >/dev/null; fi
+    # A copy out of the notebook image (JupyterLab's assets, its Python packages) that the worker was making in the
+    # background when it stopped leaves its container behind (created, never started): remove this state's.
+    mapfile -t copies < <(docker ps -a --filter label=io.nblauncher.archive --format '{{.ID}} {{.Label "io.nblauncher.archive"}}' |
+      awk -v p="$LAUNCHER_STATE/" 'index($2, p) == 1 {print $1}')
+    if ((${#copies[@]})); then docker rm -f "${copies[@]}" >/dev/null; fi
     compose down "$@"
     slots=$LAUNCHER_STATE/pool-slots
     if findmnt -rn --mountpoint "$slots" >/dev/null; then

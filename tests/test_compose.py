@@ -254,8 +254,11 @@ def test_compose_up_launch_from_cli_and_console_stop_down(workdir):
             c.remove(force=True)
     assert down.returncode == 0, down.stderr
     assert client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}) == []
-    # down took the warm pool with it: no pool notebook left, the slots folder released and empty.
+    # down took the warm pool with it: no pool notebook left, no copy out of the image the worker left half done
+    # (it copies in the background and was stopped), the slots folder released and empty.
     assert client.containers.list(all=True, filters={"name": f"{instance}-pool-"}) == []
+    copies = client.containers.list(all=True, filters={"label": f"{LABEL_PREFIX}.archive"})
+    assert not [c.name for c in copies if c.labels[f"{LABEL_PREFIX}.archive"].startswith(f"{state}/")]
     slots = str(state / "pool-slots")
     assert not any(line.split()[4].startswith(slots) for line in Path("/proc/self/mountinfo").read_text().splitlines())
     assert list((state / "pool-slots").iterdir()) == []
