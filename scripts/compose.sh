@@ -31,6 +31,12 @@ export LAUNCHER_SERVICE_UID=${LAUNCHER_SERVICE_UID:-59100}
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-nbl}
 compose() { docker-compose -f "$repo/docker-compose.yml" "$@"; }
 log() { printf '[compose] %s\n' "$*" >&2; }
+need_root() {  # up and down mount and unmount the warm pool's slots folder on this host
+  if ((EUID != 0)); then
+    log "$1 needs root: it makes $LAUNCHER_STATE/pool-slots a shared mount point for the warm pool (run it with sudo)"
+    exit 1
+  fi
+}
 
 mkdir -p "$LAUNCHER_STATE"
 secrets=$LAUNCHER_STATE/secrets.env
@@ -44,6 +50,7 @@ cmd=${1:-up}
 shift || true
 case $cmd in
   up)
+    need_root up
     scripts/build-images.sh --app
     mkdir -p "$LAUNCHER_STATE"/{data,workspaces,sessions,console,template-store,reports,lab-static,python-prefix}
     chmod 755 "$LAUNCHER_STATE"/{template-store,lab-static,python-prefix}; chmod 711 "$LAUNCHER_STATE/reports"
@@ -89,6 +96,7 @@ case $cmd in
     log "launch: scripts/compose.sh exec -T console python3 -m launcher.cli start --user alice --template alpha_research --wait"
     ;;
   down)
+    need_root down
     # The warm pool goes with its worker: stop the worker (it would refill the pool), remove this instance's idle pool
     # notebooks (a claimed one has its session's name and is left running, like every session) and what the worker
     # left half done, then release the slots folder unless a session still has a workspace bound in it.

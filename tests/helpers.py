@@ -242,21 +242,6 @@ def start_bare_server(
     return container, sock / Path(JUPYTER_SOCKET).name
 
 
-def lab_get(socket: Path, path: str, *, token: str = BARE_SECRET, max_body: int = 4 << 20) -> Any:
-    """GET any path of a bare server (``start_bare_server``) over its socket, as the entry point would: the decoded
-    JSON of a 200 answer (AssertionError on another status)."""
-    from launcher.adapters.jupyter_http import AUTH_HEADER, _read_capped, _UnixConnection
-
-    conn = _UnixConnection(socket, time.monotonic() + 30)
-    try:
-        conn.request("GET", path, headers={AUTH_HEADER: token, "Host": "localhost"})
-        resp = conn.getresponse()
-        assert resp.status == 200, f"{path}: {resp.status}"
-        return json.loads(_read_capped(resp, max_body, path))
-    finally:
-        conn.close()
-
-
 class RecordingDispatcher:
     """A real dispatcher object that records what would be enqueued (for service-only tests)."""
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher.adapters.jupyter_http import api_get
+from launcher.adapters.jupyter_http import api_get, get_json
 from tests.conftest import IMAGE, docker_or_skip
-from tests.helpers import BARE_SECRET, lab_get, start_bare_server, wait_for
+from tests.helpers import BARE_SECRET, start_bare_server, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -165,7 +165,7 @@ def _first_page_answers(tmp_path: Path, lean: str) -> tuple[object, object, dict
     try:
         wait_for(socket.exists, 90, "the server's socket")
         kernelspecs = api_get(socket, BARE_SECRET, "kernelspecs", deadline=30)
-        settings = lab_get(socket, "/lab/api/settings")
+        settings = get_json(socket, BARE_SECRET, "/lab/api/settings", deadline=30, max_body=4 << 20)
         (socket.parent / "ask").touch()
         seen_file = socket.parent / "seen.json"
         wait_for(seen_file.exists, 30, "the probe's record")

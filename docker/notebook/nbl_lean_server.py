@@ -142,8 +142,8 @@ def _kernel_specs_without_ipython() -> None:
 
     def _get_kernel_spec_by_name(self: Any, kernel_name: str, resource_dir: str) -> Any:
         # jupyter_client imports ipykernel here only to see whether resource_dir is ipykernel's bundled spec.
-        bundled = _ipykernel_resources()
-        if kernel_name != kernelspec.NATIVE_KERNEL_NAME or "ipykernel" in sys.modules or resource_dir == bundled:
+        native = kernel_name == kernelspec.NATIVE_KERNEL_NAME and "ipykernel" not in sys.modules
+        if not native or resource_dir == _ipykernel_resources():
             return stock_by_name(self, kernel_name, resource_dir)
         kspec = self.kernel_spec_class.from_resource_dir(resource_dir)
         if not kernelspec.KPF.instance(parent=self.parent).is_provisioner_available(kspec):

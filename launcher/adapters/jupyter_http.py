@@ -133,19 +133,31 @@ def api_get(
     deadline: float = PROBE_DEADLINE_S,
     max_body: int = MAX_BODY_BYTES,
 ) -> Any:
-    """GET ``/api/<api>`` (``api`` may carry a query string) and return the decoded JSON.
+    """GET ``/api/<api>`` (``api`` may carry a query string) and return the decoded JSON (``get_json``)."""
+    return get_json(socket_path, token, f"/api/{api}", deadline=deadline, max_body=max_body)
+
+
+def get_json(
+    socket_path: Path,
+    token: str,
+    path: str,
+    *,
+    deadline: float = PROBE_DEADLINE_S,
+    max_body: int = MAX_BODY_BYTES,
+) -> Any:
+    """GET ``path`` (it may carry a query string) and return the decoded JSON.
 
     Returns within ``deadline`` seconds (plus a decode of at most ``max_body`` bytes). Raises
     ``NoAnswer`` or ``BadAnswer`` (``.status`` is set for a status other than 200); never another
     exception for anything the server does.
     """
-    what = "/api/" + api.split("?", 1)[0]
+    what = path.split("?", 1)[0]
     until = time.monotonic() + deadline
     conn = _UnixConnection(socket_path, until)
     resp = None
     try:
         try:
-            conn.request("GET", f"/api/{api}", headers={AUTH_HEADER: token, "Host": "localhost"})
+            conn.request("GET", path, headers={AUTH_HEADER: token, "Host": "localhost"})
             resp = conn.getresponse()
             if resp.status != 200:
                 raise BadAnswer(f"{what}: status {resp.status}", status=resp.status)
